@@ -1,0 +1,47 @@
+"""Errors, grouped by what the caller must do about them.
+
+    ArchiverError
+    ├── UsageError          bad command line, configuration or destination: exit 2, nothing written
+    ├── StopRun             the whole run cannot go on (e.g. a missing Graph permission): exit 2
+    └── WindowError         this window fails; the others go on, the run exits 1
+        ├── RetryableError  worth another attempt after a pause (429, 5xx, resets, bad bodies)
+        │   └── ThrottledError  Graph said 429; carries its Retry-After, if any
+        └── AuthExpiredError    401: fetch a fresh token and try once more
+
+Third-party exceptions (aiohttp, botocore, msal) are translated into these at one
+boundary each (graph.py, store.py, auth.py), with `raise ... from`.
+"""
+
+from __future__ import annotations
+
+
+class ArchiverError(Exception):
+    """Raised for every failure the archiver knows how to report in one line."""
+
+
+class UsageError(ArchiverError):
+    """Raised when the command line, configuration or destination is wrong (exit 2)."""
+
+
+class StopRun(ArchiverError):
+    """Raised when nothing more can succeed in this run, such as a missing permission."""
+
+
+class WindowError(ArchiverError):
+    """Raised when one window cannot be archived; the run goes on with the others."""
+
+
+class RetryableError(WindowError):
+    """Raised for a transient failure worth another attempt after a pause."""
+
+
+class ThrottledError(RetryableError):
+    """Raised when Graph answers 429; `retry_after` is its Retry-After in seconds, if given."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class AuthExpiredError(WindowError):
+    """Raised when Graph answers 401: the token must be refreshed before one more try."""
