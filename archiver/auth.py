@@ -1,0 +1,121 @@
+"""Bearer tokens for Graph from MSAL (client secret, certificate or federated token).
+
+MSAL blocks, so every call runs in a worker thread. MSAL caches the token itself
+and refreshes it about five minutes before it expires; `refresh()` drops the cache
+after Graph answered 401. msal and requests exceptions are translated here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+import msal
+import requests
+
+from archiver.config import Config
+from archiver.errors import RetryableError, StopRun, UsageError
+
+MICROSOFT_LOGIN_HOSTS = frozenset(
+    {
+        "login.microsoftonline.com",
+        "login.microsoftonline.us",
+        "login.chinacloudapi.cn",
+        "login.microsoft.com",
+        "login.windows.net",
+        "sts.windows.net",
+    }
+)
+
+
+class _VerifyingSession(requests.Session):
+    """A requests session whose CA bundle wins over REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE.
+
+    requests lets those variables override `session.verify` unless each request
+    passes `verify=` itself; passing it here keeps proxy settings from the
+    environment (HTTPS_PROXY, NO_PROXY) working as before.
+    """
+
+    def __init__(self, ca_bundle: Path) -> None:
+        super().__init__()
+        self._ca_bundle = str(ca_bundle)
+
+    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("verify", self._ca_bundle)
+        return super().request(method, url, *args, **kwargs)
+
+
+def _credential(config: Config) -> Any:
+    """MSAL's client_credential for whichever credential is configured."""
+    if config.client_secret:
+        return config.client_secret
+    if config.client_certificate:
+        pem = config.client_certificate.read_text()
+        if "PRIVATE KEY" not in pem or "CERTIFICATE" not in pem:
+            raise UsageError(
+                f"configuration: client_certificate {config.client_certificate} must hold "
+                "both the certificate and its private key (PEM)"
+            )
+        # With public_certificate and no thumbprint, MSAL signs PS256 with x5t#S256.
+        return {"private_key": pem, "public_certificate": pem}
+    token_file = config.federated_token_file
+    assert token_file is not None  # Config.require_credentials() ran first
+
+    def assertion() -> str:
+        # Re-read on every token request: the kubelet rotates the file.
+        return token_file.read_text().strip()
+
+    return {"client_assertion": assertion}
+
+
+class TokenProvider:
+    """Hands out Graph bearer tokens for one tenant and client."""
+
+    def __init__(self, config: Config) -> None:
+        config.require_credentials()
+        self._scope = f"{config.graph_url}/.default"
+        authority = f"{config.authority_host}/{config.tenant_id}"
+        host = urlsplit(config.authority_host).hostname or ""
+        http_client = _VerifyingSession(config.ca_bundle) if config.ca_bundle else None
+        try:
+            self._app = msal.ConfidentialClientApplication(
+                config.client_id,
+                client_credential=_credential(config),
+                authority=authority,
+                instance_discovery=host in MICROSOFT_LOGIN_HOSTS,
+                http_client=http_client,
+            )
+        except ValueError as exc:  # MSAL validates the authority and credential eagerly
+            raise UsageError(f"configuration: {exc}") from None
+        except requests.RequestException as exc:
+            raise UsageError(f"cannot reach the token authority {authority}: {exc}") from None
+        self._lock = anyio.Lock()
+
+    async def token(self) -> str:
+        """A valid access token; MSAL serves it from its cache while it is fresh."""
+        async with self._lock:  # one thread fetches; the others then hit the cache
+            return await anyio.to_thread.run_sync(self._acquire)
+
+    async def refresh(self) -> str:
+        """Forget cached tokens and fetch a new one (after Graph answered 401)."""
+        async with self._lock:
+            self._app.remove_tokens_for_client()
+            return await anyio.to_thread.run_sync(self._acquire)
+
+    def _acquire(self) -> str:
+        try:
+            result = self._app.acquire_token_for_client(scopes=[self._scope])
+        except requests.RequestException as exc:
+            raise RetryableError(f"token endpoint unreachable: {type(exc).__name__}") from None
+        except OSError as exc:  # e.g. the federated token file vanished
+            raise StopRun(f"cannot read credential: {exc}") from None
+        if "access_token" in result:
+            return str(result["access_token"])
+        error = result.get("error", "error")
+        description = str(result.get("error_description", "")).splitlines()[0:1]
+        message = f"token request refused: {error}: {' '.join(description)}".rstrip(": ")
+        if error in {"invalid_client", "unauthorized_client", "invalid_request"}:
+            raise StopRun(message)
+        raise RetryableError(message)

@@ -1,0 +1,164 @@
+"""The `archiver` command: parses arguments, loads configuration, runs, sets the exit code.
+
+Exit codes: 0 all done; 1 some windows failed (the others are archived and
+recorded); 2 bad usage, configuration or destination — one line, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, NoReturn
+
+import anyio
+
+from archiver import __version__, log
+from archiver.config import PARSERS, SECRET_KEYS, Config, load
+from archiver.errors import ArchiverError, StopRun, UsageError
+from archiver.kinds import Kind
+from archiver.pipeline import RunResult, backfill, open_destination
+from archiver.windows import parse_instant
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (and exit 2), not a usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _config_flags(parser: argparse.ArgumentParser) -> None:
+    """`--config` and one flag per configuration key (secrets only from env or file)."""
+    group = parser.add_argument_group("configuration (flag > environment > --config file)")
+    group.add_argument("--config", metavar="FILE", help="TOML file (default: $ARCHIVER_CONFIG)")
+    for key in PARSERS:
+        if key not in SECRET_KEYS:
+            flag = "--" + key.replace("_", "-")
+            group.add_argument(flag, dest=f"cfg_{key}", metavar="VALUE", help=argparse.SUPPRESS)
+
+
+def _load(args: argparse.Namespace) -> Config:
+    flags = {
+        name.removeprefix("cfg_"): value
+        for name, value in vars(args).items()
+        if name.startswith("cfg_") and value is not None
+    }
+    config = load(flags, config_file=args.config)
+    log.configure(config.log_format)
+    return config
+
+
+def _instant(flag: str, text: str) -> datetime:
+    try:
+        return parse_instant(text)
+    except ValueError as exc:
+        raise UsageError(f"{flag}: {exc}") from None
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    """Archive [--start, --end) of the chosen kinds."""
+    config = _load(args)
+    start = _instant("--start", args.start)
+    end = _instant("--end", args.end)
+    if end <= start:
+        raise UsageError(f"--end {args.end} is not after --start {args.start}")
+    try:
+        kinds = list(dict.fromkeys(Kind.parse(k) for k in args.kind or [k.value for k in Kind]))
+    except ValueError as exc:
+        raise UsageError(f"--kind: {exc}") from None
+    config.require_credentials()
+    result = anyio.run(backfill, config, kinds, start, end)
+    return report(result, config.destination)
+
+
+def report(result: RunResult, destination: str) -> int:
+    """Print what a run did; the exit code follows from it."""
+    print(
+        f"archived {len(result.archived)} windows, {result.rows:,} rows into {destination} "
+        f"({result.already} already archived, {len(result.failed)} failed, "
+        f"{result.requests} Graph requests)"
+    )
+    if result.not_closed:
+        print(f"{result.not_closed} windows not closed yet: run again later")
+    for window, error in result.failed:
+        print(f"FAILED {window}: {error}")
+    return EXIT_FAILED if result.failed else EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print the manifest's summary per kind."""
+    config = _load(args)
+
+    async def summary() -> dict[str, Any]:
+        _, manifest = await open_destination(config)
+        return manifest.summary()
+
+    result = anyio.run(summary)
+    if args.json:
+        print(json.dumps({"destination": config.destination, "kinds": result}, indent=2))
+        return EXIT_OK
+    print(f"destination: {config.destination}")
+    for kind, s in result.items():
+        print(
+            f"{kind:15} done {s['done']:>6}  failed {s['failed']:>4}  pending {s['pending']:>6}"
+            f"  rows {s['rows']:>12,}  bytes {s['bytes']:>14,}"
+            f"  last success {s['last_success'] or '-'}"
+        )
+        for failure in s["failures"][:10]:
+            print(f"    failed {failure}")
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Archive a sample week from the built-in emulator: no credentials needed."""
+    from archiver.demo import run_demo
+
+    log.configure(args.log_format or "auto")
+    return run_demo(args.dir)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line."""
+    parser = _Parser(prog="archiver", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"archiver {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    backfill_cmd = commands.add_parser("backfill", help="archive a range of call start times")
+    backfill_cmd.add_argument("--start", required=True, help="YYYY-MM-DD or ISO-8601, UTC")
+    backfill_cmd.add_argument("--end", required=True, help="exclusive end, same forms")
+    backfill_cmd.add_argument(
+        "--kind", action="append", choices=[k.value for k in Kind], help="repeatable; default both"
+    )
+    _config_flags(backfill_cmd)
+    backfill_cmd.set_defaults(handler=cmd_backfill)
+
+    status_cmd = commands.add_parser("status", help="what the manifest says")
+    status_cmd.add_argument("--json", action="store_true", help="machine-readable output")
+    _config_flags(status_cmd)
+    status_cmd.set_defaults(handler=cmd_status)
+
+    demo_cmd = commands.add_parser("demo", help="archive a sample week from the built-in emulator")
+    demo_cmd.add_argument("--dir", default="./archive-demo", help="where to write (./archive-demo)")
+    demo_cmd.add_argument("--log-format", choices=["auto", "text", "json"], default=None)
+    demo_cmd.set_defaults(handler=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except (UsageError, StopRun) as exc:
+        print(f"archiver: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ArchiverError as exc:
+        print(f"archiver: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,266 @@
+"""Configuration: command-line flag > environment variable > TOML file > default.
+
+The only module that reads the environment. Every key has one parser that turns
+the raw value (a string from a flag or the environment, or a TOML value) into its
+typed form or raises ValueError with a message naming what is wrong; `load`
+turns that into a one-line `UsageError` that names the key and where it came from.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from archiver.errors import UsageError
+from archiver.windows import parse_duration, parse_instant, parse_window
+
+CLOUDS: dict[str, tuple[str, str]] = {
+    # cloud: (authority_host, graph_url)
+    "global": ("https://login.microsoftonline.com", "https://graph.microsoft.com"),
+    "usgov": ("https://login.microsoftonline.us", "https://graph.microsoft.us"),
+    "dod": ("https://login.microsoftonline.us", "https://dod-graph.microsoft.us"),
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a run needs to know, typed and validated."""
+
+    tenant_id: str | None = None
+    client_id: str | None = None
+    client_secret: str | None = field(default=None, repr=False)
+    client_certificate: Path | None = None
+    federated_token_file: Path | None = None
+    authority_host: str = CLOUDS["global"][0]
+    graph_url: str = CLOUDS["global"][1]
+    graph_version: str = "v1.0"
+    destination: str = "./archive"
+    window: timedelta = timedelta(days=1)
+    concurrency: int = 8
+    requests_per_minute: float = 45.0
+    tenant_requests_per_minute: float = 180.0
+    ca_bundle: Path | None = None
+    cloud: str = "global"
+    start: datetime | None = None
+    settle: timedelta = timedelta(hours=1)
+    resweep: timedelta = timedelta(hours=72)
+    resweep_interval: timedelta = timedelta(hours=6)
+    grace: timedelta = timedelta(seconds=25)
+    metrics_port: int | None = None
+    log_format: str = "auto"
+    sse: str | None = None
+    sse_kms_key_id: str | None = None
+    object_lock_mode: str | None = None
+    object_lock_days: int | None = None
+
+    def require_credentials(self) -> None:
+        """Raise UsageError unless a tenant, a client and one credential are configured."""
+        for key in ("tenant_id", "client_id"):
+            if not getattr(self, key):
+                raise UsageError(
+                    f"configuration: {key} is required (set {ENV_NAMES[key][0]} or {key} "
+                    "in the config file)"
+                )
+        if not (self.client_secret or self.client_certificate or self.federated_token_file):
+            raise UsageError(
+                "configuration: no credential: set ARCHIVER_CLIENT_SECRET, "
+                "ARCHIVER_CLIENT_CERTIFICATE or AZURE_FEDERATED_TOKEN_FILE"
+            )
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{value!r} is not a non-empty string")
+    return value.strip()
+
+
+def _choice(*allowed: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = _text(value)
+        if text not in allowed:
+            raise ValueError(f"{text!r} is not one of: {', '.join(allowed)}")
+        return text
+
+    return parse
+
+
+def _optional_choice(*allowed: str) -> Callable[[Any], str | None]:
+    parse = _choice("none", *allowed)
+
+    def optional(value: Any) -> str | None:
+        text = parse(value)
+        return None if text == "none" else text
+
+    return optional
+
+
+def _positive(kind: type[int] | type[float]) -> Callable[[Any], Any]:
+    def parse(value: Any) -> Any:
+        try:
+            number = kind(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{value!r} is not a {kind.__name__}") from None
+        if isinstance(value, bool) or number <= 0 or number != float(value):
+            raise ValueError(f"{value!r} is not a positive {kind.__name__}")
+        return number
+
+    return parse
+
+
+def _port(value: Any) -> int:
+    number = _positive(int)(value)
+    if number > 65535:
+        raise ValueError(f"{value!r} is not a TCP port")
+    return int(number)
+
+
+def _url(value: Any) -> str:
+    text = _text(value).rstrip("/")
+    parts = urlsplit(text)
+    if parts.scheme != "https" or not parts.netloc:
+        raise ValueError(f"{text!r} is not an https:// URL")
+    return text
+
+
+def _file(value: Any) -> Path:
+    path = Path(_text(value)).expanduser()
+    if not path.is_file():
+        raise ValueError(f"{str(path)!r} is not a readable file")
+    return path
+
+
+def _duration(value: Any) -> timedelta:
+    return parse_duration(_text(value))
+
+
+def _window(value: Any) -> timedelta:
+    return parse_window(_text(value))
+
+
+def _instant(value: Any) -> datetime:
+    if isinstance(value, datetime):  # TOML offset date-times arrive parsed
+        if value.tzinfo is None:
+            raise ValueError(f"{value.isoformat()!r} has no time zone")
+        return parse_instant(value.isoformat())
+    return parse_instant(str(value))
+
+
+def _cloud(value: Any) -> str:
+    text = _text(value)
+    if text == "china":
+        raise ValueError(
+            "'china': Microsoft does not offer getPstnCalls/getDirectRoutingCalls in the "
+            "China cloud (21Vianet)"
+        )
+    return _choice(*CLOUDS)(text)
+
+
+PARSERS: dict[str, Callable[[Any], Any]] = {
+    "tenant_id": _text,
+    "client_id": _text,
+    "client_secret": _text,
+    "client_certificate": _file,
+    "federated_token_file": _file,
+    "authority_host": _url,
+    "graph_url": _url,
+    "graph_version": _choice("v1.0", "beta"),
+    "destination": _text,
+    "window": _window,
+    "concurrency": _positive(int),
+    "requests_per_minute": _positive(float),
+    "tenant_requests_per_minute": _positive(float),
+    "ca_bundle": _file,
+    "cloud": _cloud,
+    "start": _instant,
+    "settle": _duration,
+    "resweep": _duration,
+    "resweep_interval": _duration,
+    "grace": _duration,
+    "metrics_port": _port,
+    "log_format": _choice("auto", "text", "json"),
+    "sse": _optional_choice("AES256", "aws:kms"),
+    "sse_kms_key_id": _text,
+    "object_lock_mode": _optional_choice("GOVERNANCE", "COMPLIANCE"),
+    "object_lock_days": _positive(int),
+}
+
+# Environment variables per key, first match wins (AKS workload identity injects AZURE_*).
+ENV_NAMES: dict[str, tuple[str, ...]] = {key: (f"ARCHIVER_{key.upper()}",) for key in PARSERS} | {
+    "tenant_id": ("ARCHIVER_TENANT_ID", "AZURE_TENANT_ID"),
+    "client_id": ("ARCHIVER_CLIENT_ID", "AZURE_CLIENT_ID"),
+    "federated_token_file": ("AZURE_FEDERATED_TOKEN_FILE",),
+    "authority_host": ("ARCHIVER_AUTHORITY_HOST", "AZURE_AUTHORITY_HOST"),
+}
+
+SECRET_KEYS = frozenset({"client_secret"})
+
+assert set(PARSERS) == {f.name for f in fields(Config)}, "every Config field needs a parser"
+
+
+def load(
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    config_file: str | None = None,
+) -> Config:
+    """Build the Config from flags, the environment and the TOML file, in that precedence.
+
+    `flags` holds only the options the user gave. `config_file` is `--config`; when
+    absent, `ARCHIVER_CONFIG` names the file. Raises UsageError naming the bad key.
+    """
+    environ = os.environ if environ is None else environ
+    raw: dict[str, tuple[Any, str]] = {}
+    path = config_file or environ.get("ARCHIVER_CONFIG")
+    if path:
+        for key, value in _read_toml(path).items():
+            raw[key] = (value, f"in {path}")
+    for key, names in ENV_NAMES.items():
+        for name in names:
+            if environ.get(name, "").strip():
+                raw[key] = (environ[name], f"from {name}")
+                break
+    for key, value in (flags or {}).items():
+        if value is not None:
+            raw[key] = (value, f"from --{key.replace('_', '-')}")
+
+    values: dict[str, Any] = {}
+    for key, (value, source) in raw.items():
+        try:
+            values[key] = PARSERS[key](value)
+        except ValueError as exc:
+            raise UsageError(f"configuration: {key} {source}: {exc}") from None
+    cloud = values.get("cloud", "global")
+    authority, graph = CLOUDS[cloud]
+    values.setdefault("authority_host", authority)
+    values.setdefault("graph_url", graph)
+    config = replace(Config(), **values)
+    _check_combinations(config)
+    return config
+
+
+def _read_toml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as file:
+            data = tomllib.load(file)
+    except OSError as exc:
+        raise UsageError(f"configuration: cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"configuration: {path} is not valid TOML: {exc}") from None
+    unknown = sorted(set(data) - set(PARSERS))
+    if unknown:
+        raise UsageError(f"configuration: unknown key {unknown[0]!r} in {path}")
+    return data
+
+
+def _check_combinations(config: Config) -> None:
+    if config.sse == "aws:kms" and not config.sse_kms_key_id:
+        raise UsageError("configuration: sse = aws:kms needs sse_kms_key_id")
+    if bool(config.object_lock_mode) != bool(config.object_lock_days):
+        raise UsageError(
+            "configuration: object_lock_mode and object_lock_days must be set together"
+        )

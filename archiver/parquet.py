@@ -1,0 +1,88 @@
+"""Parquet files, one per window, written as a stream of row groups to a local spool file.
+
+Batches are buffered only up to one row group, so memory does not grow with the
+size of a window. Provenance goes into the file's key-value metadata. Blocking:
+callers run these methods in a worker thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+ROW_GROUP_ROWS = 100_000  # rows per row group: big enough for scans, small enough for memory
+COMPRESSION = "zstd"
+META_PREFIX = "archiver."
+
+
+@dataclass(frozen=True)
+class WrittenFile:
+    """What was written: enough for the store and the manifest."""
+
+    path: Path
+    rows: int
+    size: int
+    sha256: str  # hex digest of the whole file
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while chunk := file.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class WindowWriter:
+    """Writes one window's batches into `path`; `close()` finishes and hashes the file."""
+
+    def __init__(self, path: Path, schema: pa.Schema, metadata: dict[str, str]) -> None:
+        self.path = path
+        self.rows = 0
+        self._schema = schema
+        self._metadata = {f"{META_PREFIX}{k}": v for k, v in metadata.items()}
+        self._pending: list[pa.RecordBatch] = []
+        self._pending_rows = 0
+        self._writer = pq.ParquetWriter(
+            path,
+            schema.with_metadata(self._metadata),
+            compression=COMPRESSION,
+            use_dictionary=True,
+            write_statistics=True,
+        )
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        """Add rows; a row group is flushed whenever enough rows are buffered."""
+        if not batch.num_rows:
+            return
+        self._pending.append(batch)
+        self._pending_rows += batch.num_rows
+        self.rows += batch.num_rows
+        if self._pending_rows >= ROW_GROUP_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            table = pa.Table.from_batches(self._pending, schema=self._schema)
+            self._writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+            self._pending = []
+            self._pending_rows = 0
+
+    def close(self) -> WrittenFile:
+        """Flush, record the row count in the metadata, close, and hash the file."""
+        self._flush()
+        self._writer.add_key_value_metadata({f"{META_PREFIX}rows": str(self.rows)})
+        self._writer.close()
+        return WrittenFile(self.path, self.rows, self.path.stat().st_size, sha256_file(self.path))
+
+    def abort(self) -> None:
+        """Drop the unfinished file."""
+        try:
+            self._writer.close()
+        finally:
+            self.path.unlink(missing_ok=True)

@@ -1,0 +1,277 @@
+"""The backfill: plan windows, fetch each through Graph, write Parquet, store it, record it.
+
+One task group runs `concurrency` workers that take windows from one shared plan;
+the rate limiters and throttling pauses inside the Graph client are shared by all.
+A window is recorded done only after its object is durable in the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from archiver import __version__
+from archiver.auth import TokenProvider
+from archiver.config import Config
+from archiver.errors import StopRun, WindowError
+from archiver.graph import GraphClient, WindowStats, make_limiters, open_session
+from archiver.kinds import Kind
+from archiver.manifest import Manifest, Record, State, now_iso
+from archiver.parquet import WindowWriter, WrittenFile
+from archiver.schema import rows_to_batch, schema_for
+from archiver.store import Store, StoreOptions, open_store
+from archiver.windows import Window, format_instant, plan
+
+log = logging.getLogger(__name__)
+SPOOL_MAX_AGE = 86400.0  # seconds: older spool files are leftovers of a crashed run
+
+
+@dataclass
+class RunResult:
+    """What a run did."""
+
+    archived: list[Record] = field(default_factory=list)
+    failed: list[tuple[Window, str]] = field(default_factory=list)
+    already: int = 0  # windows the manifest already had
+    not_closed: int = 0  # windows that end in the future, left for later
+    requests: int = 0  # Graph requests made
+
+    @property
+    def rows(self) -> int:
+        """Rows archived in this run."""
+        return sum(r.rows or 0 for r in self.archived)
+
+
+def store_options(config: Config) -> StoreOptions:
+    """The store settings a Config carries."""
+    return StoreOptions(
+        sse=config.sse,
+        sse_kms_key_id=config.sse_kms_key_id,
+        object_lock_mode=config.object_lock_mode,
+        object_lock_days=config.object_lock_days,
+    )
+
+
+async def open_destination(config: Config) -> tuple[Store, Manifest]:
+    """Open and check the destination, then load its manifest (UsageError if unusable)."""
+    store = open_store(config.destination, store_options(config))
+    await anyio.to_thread.run_sync(store.check)
+    manifest = Manifest(store)
+    await manifest.load()
+    return store, manifest
+
+
+def select_rows(
+    kind: Kind, rows: list[dict[str, Any]], window: Window, seen: set[str]
+) -> pa.RecordBatch:
+    """Typed rows of one page that belong to the window and were not seen before.
+
+    PSTN's inclusive end returns rows that start exactly at the window end: those
+    belong to the next window. Paging over live data can repeat a row: the first
+    copy wins. A row without a start time stays where Graph put it.
+    """
+    batch = rows_to_batch(kind, rows)
+    if not batch.num_rows:
+        return batch
+    start = batch.column("startDateTime")
+    unit = start.type
+    inside = pc.and_(
+        pc.greater_equal(start, pa.scalar(window.start, unit)),
+        pc.less(start, pa.scalar(window.end, unit)),
+    ).fill_null(True)
+    keep: list[bool] = []
+    for row_id, ok in zip(batch.column("id").to_pylist(), inside.to_pylist(), strict=True):
+        fresh = ok and row_id not in seen
+        if fresh:
+            seen.add(row_id)
+        keep.append(fresh)
+    return batch.filter(pa.array(keep, pa.bool_()))
+
+
+class Archiver:
+    """Archives windows of one destination with one Graph client."""
+
+    def __init__(
+        self, config: Config, store: Store, manifest: Manifest, graph: GraphClient
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.manifest = manifest
+        self.graph = graph
+
+    async def archive(self, window: Window) -> Record:
+        """Fetch, write, store and record one window; WindowError if it fails."""
+        stats = WindowStats()
+        began = time.monotonic()
+        started_at = now_iso()
+        spool = (
+            self.store.spool_dir() / f"{window.kind.value}-{window.name}-{uuid.uuid4().hex}.partial"
+        )
+        metadata = {
+            "version": __version__,
+            "kind": window.kind.value,
+            "window_start": format_instant(window.start),
+            "window_end": format_instant(window.end),
+            "graph_url": self.config.graph_url,
+            "graph_version": self.config.graph_version,
+            "fetched_at": started_at,
+        }
+        writer = await anyio.to_thread.run_sync(
+            WindowWriter, spool, schema_for(window.kind), metadata
+        )
+        try:
+            seen: set[str] = set()
+            async for rows in self.graph.pages(window, stats):
+                batch = await anyio.to_thread.run_sync(select_rows, window.kind, rows, window, seen)
+                await anyio.to_thread.run_sync(writer.write, batch)
+            written: WrittenFile = await anyio.to_thread.run_sync(writer.close)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(writer.abort)
+            raise
+        try:
+            info = await anyio.to_thread.run_sync(
+                self.store.put_file, window.key, written.path, written.sha256
+            )
+        finally:
+            written.path.unlink(missing_ok=True)
+        record = Record(
+            kind=window.kind.value,
+            start=format_instant(window.start),
+            end=format_instant(window.end),
+            state=State.DONE.value,
+            recorded_at=now_iso(),
+            key=info.key,
+            rows=written.rows,
+            bytes=written.size,
+            sha256=written.sha256,
+            pages=stats.pages,
+            graph_version=self.config.graph_version,
+            archiver_version=__version__,
+            started_at=started_at,
+        )
+        await self.manifest.record(record)
+        log.info(
+            "archived %s",
+            window,
+            extra={
+                "fields": {
+                    "kind": window.kind.value,
+                    "window": format_instant(window.start),
+                    "rows": written.rows,
+                    "pages": stats.pages,
+                    "retries": stats.retries,
+                    "throttled": stats.throttled,
+                    "seconds": round(time.monotonic() - began, 3),
+                }
+            },
+        )
+        return record
+
+    async def fail(self, window: Window, error: str) -> None:
+        """Record that a window failed, with its error."""
+        record = Record(
+            kind=window.kind.value,
+            start=format_instant(window.start),
+            end=format_instant(window.end),
+            state=State.FAILED.value,
+            recorded_at=now_iso(),
+            error=error,
+            archiver_version=__version__,
+        )
+        await self.manifest.record(record)
+        log.error(
+            "failed %s: %s",
+            window,
+            error,
+            extra={"fields": {"kind": window.kind.value, "window": format_instant(window.start)}},
+        )
+
+
+def clean_spool(spool: Path) -> None:
+    """Remove spool files a crashed run left behind (old enough to be nobody's)."""
+    cutoff = time.time() - SPOOL_MAX_AGE
+    for path in spool.glob("*.partial"):
+        try:
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+async def run_windows(archiver: Archiver, windows: Iterable[Window], result: RunResult) -> None:
+    """Archive `windows` with `concurrency` workers; failures are recorded, StopRun re-raised."""
+    todo: Iterator[Window] = iter(windows)
+    stop: list[StopRun] = []
+
+    async def worker(scope: anyio.CancelScope) -> None:
+        for window in todo:
+            try:
+                result.archived.append(await archiver.archive(window))
+            except WindowError as exc:
+                result.failed.append((window, str(exc)))
+                await archiver.fail(window, str(exc))
+            except StopRun as exc:
+                stop.append(exc)
+                scope.cancel()
+                return
+
+    async with anyio.create_task_group() as group:
+        for _ in range(archiver.config.concurrency):
+            group.start_soon(worker, group.cancel_scope)
+    if stop:
+        raise stop[0]
+
+
+async def backfill(
+    config: Config,
+    kinds: list[Kind],
+    start: datetime,
+    end: datetime,
+    now: datetime | None = None,
+) -> RunResult:
+    """Archive every window of `kinds` covering [start, end) that is not archived yet.
+
+    Windows already archived cost no Graph request at all; nothing is written to
+    the destination before the credentials have been proven by a token.
+    """
+    store, manifest = await open_destination(config)
+    manifest.check_window(config.window)
+    now = now or datetime.now(UTC)
+    result = RunResult()
+    windows: list[Window] = []
+    for window in plan(kinds, start, end, config.window):
+        if manifest.is_done(window):
+            result.already += 1
+        elif window.end > now:
+            result.not_closed += 1
+        else:
+            windows.append(window)
+    if result.not_closed:
+        log.warning("%d windows end in the future and were left for a later run", result.not_closed)
+    if not windows:
+        return result
+    async with open_session(config) as session:
+        tokens = TokenProvider(config)
+        await tokens.token()  # bad credentials stop the run before anything is written
+        graph = GraphClient(config, session, tokens, make_limiters(config))
+        await manifest.fix_window(config.window)
+        await manifest.add_plan(kinds, start, end)
+        await anyio.to_thread.run_sync(clean_spool, store.spool_dir())
+        try:
+            await run_windows(Archiver(config, store, manifest, graph), windows, result)
+        finally:
+            result.requests = graph.requests
+            with anyio.CancelScope(shield=True):
+                await manifest.compact()
+    return result
