@@ -32,12 +32,15 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
-def _config_flags(parser: argparse.ArgumentParser) -> None:
-    """`--config` and one flag per configuration key (secrets only from env or file)."""
+def _config_flags(parser: argparse.ArgumentParser, *own: str) -> None:
+    """`--config` and one flag per configuration key (secrets only from env or file).
+
+    `own` names keys whose flag the command uses for its own meaning (`backfill --start`).
+    """
     group = parser.add_argument_group("configuration (flag > environment > --config file)")
     group.add_argument("--config", metavar="FILE", help="TOML file (default: $ARCHIVER_CONFIG)")
     for key in PARSERS:
-        if key not in SECRET_KEYS:
+        if key not in SECRET_KEYS and key not in own:
             flag = "--" + key.replace("_", "-")
             group.add_argument(flag, dest=f"cfg_{key}", metavar="VALUE", help=argparse.SUPPRESS)
 
@@ -134,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     backfill_cmd.add_argument(
         "--kind", action="append", choices=[k.value for k in Kind], help="repeatable; default both"
     )
-    _config_flags(backfill_cmd)
+    _config_flags(backfill_cmd, "start")
     backfill_cmd.set_defaults(handler=cmd_backfill)
 
     status_cmd = commands.add_parser("status", help="what the manifest says")

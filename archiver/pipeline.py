@@ -13,7 +13,6 @@ import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -29,11 +28,11 @@ from archiver.kinds import Kind
 from archiver.manifest import Manifest, Record, State, now_iso
 from archiver.parquet import WindowWriter, WrittenFile
 from archiver.schema import rows_to_batch, schema_for
+from archiver.spool import Spool
 from archiver.store import Store, StoreOptions, open_store
 from archiver.windows import Window, format_instant, plan
 
 log = logging.getLogger(__name__)
-SPOOL_MAX_AGE = 86400.0  # seconds: older spool files are leftovers of a crashed run
 
 
 @dataclass
@@ -102,12 +101,13 @@ class Archiver:
     """Archives windows of one destination with one Graph client."""
 
     def __init__(
-        self, config: Config, store: Store, manifest: Manifest, graph: GraphClient
+        self, config: Config, store: Store, manifest: Manifest, graph: GraphClient, spool: Spool
     ) -> None:
         self.config = config
         self.store = store
         self.manifest = manifest
         self.graph = graph
+        self.spool = spool
 
     async def archive(self, window: Window) -> Record:
         """Fetch, write, store and record one window; WindowError if it fails."""
@@ -198,17 +198,6 @@ class Archiver:
         )
 
 
-def clean_spool(spool: Path) -> None:
-    """Remove spool files a crashed run left behind (old enough to be nobody's)."""
-    cutoff = time.time() - SPOOL_MAX_AGE
-    for path in spool.glob("*.partial"):
-        try:
-            if path.stat().st_mtime < cutoff:
-                path.unlink()
-        except FileNotFoundError:
-            pass
-
-
 async def run_windows(archiver: Archiver, windows: Iterable[Window], result: RunResult) -> None:
     """Archive `windows` with `concurrency` workers; failures are recorded, StopRun re-raised."""
     todo: Iterator[Window] = iter(windows)
@@ -267,11 +256,12 @@ async def backfill(
         graph = GraphClient(config, session, tokens, make_limiters(config))
         await manifest.fix_window(config.window)
         await manifest.add_plan(kinds, start, end)
-        await anyio.to_thread.run_sync(clean_spool, store.spool_dir())
+        spool = await anyio.to_thread.run_sync(Spool, store.spool_dir())
         try:
-            await run_windows(Archiver(config, store, manifest, graph), windows, result)
+            await run_windows(Archiver(config, store, manifest, graph, spool), windows, result)
         finally:
             result.requests = graph.requests
             with anyio.CancelScope(shield=True):
                 await manifest.compact()
+                await anyio.to_thread.run_sync(spool.close)
     return result

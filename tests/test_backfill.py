@@ -184,7 +184,7 @@ def test_run_killed_half_way_resumes_to_the_same_exact_archive(tmp_path: Path) -
         for kind in Kind:
             truth = emu.rows(kind, START, START + timedelta(days=14), version="v1.0")
             assert_archive_exact(kind, read_local(dest, kind), truth)
-        assert [] == list((dest / "_manifest" / "spool").glob("*"))
+        assert [] == list((dest / "_manifest" / "spool").glob("*"))  # the dead run's files too
 
 
 def test_status_reports_done_windows_rows_and_bytes(

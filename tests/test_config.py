@@ -96,7 +96,7 @@ def test_national_cloud_sets_both_hosts_and_explicit_hosts_win() -> None:
 
 def test_missing_credentials_name_what_to_set() -> None:
     """Without tenant, client or credential, the error says which variable to set."""
-    with pytest.raises(UsageError, match="tenant_id is required .set ARCHIVER_TENANT_ID"):
+    with pytest.raises(UsageError, match=r"tenant_id is required \(set ARCHIVER_TENANT_ID"):
         Config().require_credentials()
     with pytest.raises(UsageError, match="no credential: set ARCHIVER_CLIENT_SECRET"):
         Config(tenant_id="t", client_id="c").require_credentials()

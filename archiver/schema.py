@@ -1,0 +1,430 @@
+"""The declared Arrow schemas of the two call-log row types, and Graph rows to record batches.
+
+Each kind has one schema, the union of Graph's v1.0 and beta properties (v1.0 first, in
+DESIGN.md's order, then beta, then `additionalData`), so one table serves both versions.
+The schema is declared here, never inferred from a page.
+
+`rows_to_batch` converts one page of rows, as `json.loads` gives them, in two ways:
+
+- a fast path that converts whole columns with Arrow (a few microseconds a row); it
+  raises `_Unclean` (or an Arrow error) the moment a value is not what Graph documents;
+- a careful path, row by row, that sets each value it cannot convert to null **and**
+  keeps the original, under its own name, in `additionalData`.
+
+For clean data both give identical batches. Properties the schema does not know go to
+`additionalData` as compact JSON text with sorted keys; no property is ever dropped.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import itertools
+import json
+import math
+import operator
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from archiver.errors import WindowError
+from archiver.kinds import Kind
+
+STRING: Final = pa.string()
+TIMESTAMP: Final = pa.timestamp("us", tz="UTC")
+INT: Final = pa.int32()
+MONEY: Final = pa.decimal128(38, 10)
+BOOL: Final = pa.bool_()
+ADMIN_UNITS: Final = pa.list_(pa.struct([("id", STRING)]))
+ADDITIONAL_DATA: Final = "additionalData"
+
+_V1: Final[dict[Kind, tuple[str, ...]]] = {
+    Kind.PSTN: (
+        "id", "callId", "userId", "userPrincipalName", "userDisplayName",
+        "startDateTime", "endDateTime", "duration", "charge", "connectionCharge",
+        "callType", "currency", "calleeNumber", "callerNumber", "usageCountryCode",
+        "tenantCountryCode", "destinationContext", "destinationName", "conferenceId",
+        "licenseCapability", "inventoryType", "operator", "callDurationSource",
+    ),
+    Kind.DIRECT_ROUTING: (
+        "id", "correlationId", "userId", "userPrincipalName", "userDisplayName",
+        "startDateTime", "endDateTime", "inviteDateTime", "failureDateTime", "duration",
+        "callType", "successfulCall", "callerNumber", "calleeNumber", "mediaPathLocation",
+        "signalingLocation", "finalSipCode", "callEndSubReason", "finalSipCodePhrase",
+        "trunkFullyQualifiedDomainName", "mediaBypassEnabled",
+    ),
+}  # fmt: skip
+_BETA: Final[dict[Kind, tuple[str, ...]]] = {
+    Kind.PSTN: (
+        "otherPartyCountryCode", "administrativeUnitInfos", "clientPublicIpV4Address",
+        "clientPublicIpV6Address", "clientLocalIpV4Address", "clientLocalIpV6Address",
+    ),
+    Kind.DIRECT_ROUTING: (
+        "userCountryCode", "otherPartyCountryCode", "transferorCorrelationId",
+        "administrativeUnitInfos",
+    ),
+}  # fmt: skip
+# Every property not named here is a string.
+_TYPES: Final[dict[str, pa.DataType]] = {
+    "startDateTime": TIMESTAMP,
+    "endDateTime": TIMESTAMP,
+    "inviteDateTime": TIMESTAMP,
+    "failureDateTime": TIMESTAMP,
+    "duration": INT,
+    "finalSipCode": INT,
+    "callEndSubReason": INT,
+    "charge": MONEY,
+    "connectionCharge": MONEY,
+    "successfulCall": BOOL,
+    "mediaBypassEnabled": BOOL,
+    "administrativeUnitInfos": ADMIN_UNITS,
+}
+
+
+def _declare(kind: Kind) -> pa.Schema:
+    """The declared schema of `kind`: v1.0 properties, beta properties, `additionalData`."""
+    fields = [
+        pa.field(name, _TYPES.get(name, STRING), nullable=name != "id")
+        for name in _V1[kind] + _BETA[kind]
+    ]
+    return pa.schema([*fields, pa.field(ADDITIONAL_DATA, STRING)])
+
+
+SCHEMAS: Final[dict[Kind, pa.Schema]] = {kind: _declare(kind) for kind in Kind}
+
+
+def schema_for(kind: Kind) -> pa.Schema:
+    """The declared Arrow schema of `kind`'s rows."""
+    return SCHEMAS[kind]
+
+
+def rows_to_batch(kind: Kind, rows: Sequence[dict[str, Any]]) -> pa.RecordBatch:
+    """One page of Graph rows (as `json.loads` gives them) as a batch of `schema_for(kind)`.
+
+    Raises WindowError when a row is not a JSON object or has no usable `id`.
+    """
+    try:
+        return _fast(kind, rows)
+    except (_Unclean, pa.ArrowException):
+        return _careful(kind, rows)
+
+
+# ---------------------------------------------------------------------------------------
+# Shared rules
+
+
+class _Unclean(Exception):
+    """Raised by the fast path when the page holds a value it must leave to the careful path."""
+
+
+# ISO-8601 as Graph writes it: 0-7 fractional digits, then `Z` or a `+hh:mm`/`-hh:mm` offset.
+# `[0-9]`, not `\d`: Python's `\d` also matches non-ASCII digits, RE2's does not.
+_TS_BODY: Final = (
+    r"([0-9]{4})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+    r"T([01][0-9]|2[0-3]):([0-5][0-9]):([0-5][0-9])(?:\.([0-9]{1,7}))?"
+    r"(?:Z|([+-])([01][0-9]|2[0-3]):([0-5][0-9]))"
+)
+_TS_RE: Final = re.compile(_TS_BODY)
+_TS_PATTERN_RE2: Final = "^" + _TS_BODY + "$"
+# Graph's "no such time": any value on this date becomes null.
+_SENTINEL_DATE: Final = "0001-01-01"
+_EPOCH_ORDINAL: Final = dt.date(1970, 1, 1).toordinal()
+_MIN_MICROS: Final = (dt.date.min.toordinal() - _EPOCH_ORDINAL) * 86_400_000_000
+_MAX_MICROS: Final = (dt.date.max.toordinal() + 1 - _EPOCH_ORDINAL) * 86_400_000_000 - 1
+
+_NUMBER_RE: Final = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+_MONEY_QUANTUM: Final = decimal.Decimal(1).scaleb(-MONEY.scale)
+# quantize() under this context raises unless the value fits decimal128(38, 10) exactly.
+_MONEY_CONTEXT: Final = decimal.Context(
+    prec=MONEY.precision, traps=[decimal.InvalidOperation, decimal.Inexact, decimal.Overflow]
+)
+
+_INT_MIN: Final = -(2**31)
+_INT_MAX: Final = 2**31 - 1
+
+_ONLY_ID: Final = frozenset({"id"})
+
+
+def _json_encoder() -> Callable[[Any], str]:
+    """Compact JSON text with sorted keys and non-ASCII kept, as fast as the stdlib allows.
+
+    `json.dumps` builds a new C encoder per call; reusing one is three times faster on
+    the small objects `additionalData` holds. The output is the same either way.
+    """
+    plain = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # no C accelerator (e.g. PyPy)
+        return plain.encode
+
+    def unencodable(value: object) -> object:
+        raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+    try:
+        c_encode = make(
+            None, unencodable, json.encoder.encode_basestring, None, ":", ",", True, False, True
+        )
+    except TypeError:  # the private signature changed: use the public path
+        return plain.encode
+
+    def encode(value: Any) -> str:
+        return "".join(c_encode(value, 0))
+
+    probe = {"b": [1.5, None, True, 10**20, 1e16], "a": "é\u2028\x00", "c": {"z": {}}}
+    return encode if encode(probe) == plain.encode(probe) else plain.encode
+
+
+_to_json: Final = _json_encoder()
+
+
+def _id_problem(kind: Kind, index: int, row: object) -> str | None:
+    """Why row `index` cannot be archived, or None when it is a JSON object with an id."""
+    if not isinstance(row, dict):
+        return f"{kind.value} row {index} is not a JSON object but {type(row).__name__}"
+    if "id" not in row:
+        return f"{kind.value} row {index} has no 'id' property; every row needs its id"
+    value = row["id"]
+    if not isinstance(value, str) or not value:
+        shown = repr(value)[:80]
+        return f"{kind.value} row {index} has 'id' {shown}: expected a non-empty string"
+    return None
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """What the converters need to know about one kind, worked out once."""
+
+    schema: pa.Schema
+    known: frozenset[str]  # Graph properties with a column of their own
+    raw: pa.StructType  # as Graph sends them: timestamps text, money float64
+    timestamps: tuple[str, ...]
+    ints: tuple[str, ...]
+    money: tuple[str, ...]
+    units: tuple[str, ...]
+
+
+def _spec(kind: Kind) -> _Spec:
+    """The conversion plan for `kind`, derived from its declared schema."""
+    schema = SCHEMAS[kind]
+    graph = [f for f in schema if f.name != ADDITIONAL_DATA]
+    raw_types = {TIMESTAMP: STRING, MONEY: pa.float64()}
+
+    def named(type_: pa.DataType) -> tuple[str, ...]:
+        return tuple(f.name for f in graph if f.type == type_)
+
+    return _Spec(
+        schema=schema,
+        known=frozenset(f.name for f in graph),
+        raw=pa.struct([(f.name, raw_types.get(f.type, f.type)) for f in graph]),
+        timestamps=named(TIMESTAMP),
+        ints=named(INT),
+        money=named(MONEY),
+        units=named(ADMIN_UNITS),
+    )
+
+
+_SPECS: Final[dict[Kind, _Spec]] = {kind: _spec(kind) for kind in Kind}
+
+
+# ---------------------------------------------------------------------------------------
+# Fast path: whole columns through Arrow
+
+_NONE: Final = type(None)
+_NS: Final = pa.timestamp("ns", tz="UTC")
+_NULL_STRING: Final = pa.scalar(None, STRING)
+
+
+def _fast(kind: Kind, rows: Sequence[dict[str, Any]]) -> pa.RecordBatch:
+    """Convert clean rows column-wise; raises _Unclean or an Arrow error on anything else."""
+    spec = _SPECS[kind]
+    if not set(map(type, rows)) <= {dict}:
+        raise _Unclean("a row is not a JSON object")
+    # Arrow would silently truncate 1.5 to 1 in an int column and take True as 1.0 money.
+    for names, allowed in ((spec.ints, {int, _NONE}), (spec.money, {int, float, _NONE})):
+        for name in names:
+            if not set(map(type, [row.get(name) for row in rows])) <= allowed:
+                raise _Unclean(f"{name} holds a value of an unexpected type")
+    for name in spec.units:
+        _check_units([row.get(name) for row in rows])
+
+    try:
+        raw = pa.array(rows, type=spec.raw)  # ignores the keys the struct does not name
+    except OverflowError as exc:  # an integer beyond int64: Arrow lets Python's error through
+        raise _Unclean("an integer is out of range") from exc
+    ids = raw.field("id")
+    if ids.null_count or pc.any(pc.equal(pc.utf8_length(ids), 0)).as_py():
+        raise _Unclean("a row has no usable id")
+
+    columns = []
+    for field in spec.schema:
+        if field.name == ADDITIONAL_DATA:
+            columns.append(_fast_additional(spec.known, rows))
+            continue
+        column = raw.field(field.name)
+        if field.type == TIMESTAMP:
+            column = _fast_timestamps(column)
+        elif field.type == MONEY:
+            # float64 -> decimal directly is inexact (1234567.891 -> ...8910000001); Arrow
+            # prints floats in their shortest round-trip form, which parses back exactly
+            # and fails, rather than rounds, when more than 10 decimals are needed.
+            column = column.cast(STRING).cast(MONEY)
+        columns.append(column)
+    return pa.RecordBatch.from_arrays(columns, schema=spec.schema)
+
+
+def _check_units(values: list[Any]) -> None:
+    """Raise _Unclean unless every value is null or a list of nulls and exactly-{id} objects."""
+    if not set(map(type, values)) <= {list, _NONE}:
+        raise _Unclean("administrativeUnitInfos is not a list")
+    elements = [e for e in itertools.chain.from_iterable(filter(None, values)) if e is not None]
+    if not set(map(type, elements)) <= {dict}:
+        raise _Unclean("administrativeUnitInfos holds something other than objects")
+    if not all(map(operator.eq, map(dict.keys, elements), itertools.repeat(_ONLY_ID))):
+        raise _Unclean("administrativeUnitInfos holds an object with other keys than id")
+
+
+def _fast_timestamps(column: pa.Array) -> pa.Array:
+    """Graph's timestamp text as timestamp[us, UTC], truncated; the 0001-01-01 sentinel null."""
+    sentinel = pc.starts_with(column, _SENTINEL_DATE)
+    valid = pc.match_substring_regex(column, _TS_PATTERN_RE2)
+    if not pc.all(pc.or_(sentinel, valid), min_count=0).as_py():
+        raise _Unclean("a timestamp is not in Graph's ISO-8601 form")
+    column = pc.if_else(sentinel, _NULL_STRING, column)  # year 1 is outside the ns range
+    nanos = column.cast(_NS)  # 7 digits and offsets; raises outside years 1677-2262
+    return pc.floor_temporal(nanos, unit="microsecond").cast(TIMESTAMP)
+
+
+def _fast_additional(known: frozenset[str], rows: Sequence[dict[str, Any]]) -> pa.Array:
+    """The `additionalData` column: each row's unknown properties as JSON, else null."""
+    # Graph writes every row of a page with the same keys in the same order, so the unknown
+    # keys are worked out once per key sequence; this is cheaper than a set test per row.
+    unknown_by_keys: dict[tuple[str, ...], tuple[str, ...]] = {}
+    texts: list[str | None] = []
+    for row in rows:
+        keys = tuple(row)
+        unknown = unknown_by_keys.get(keys)
+        if unknown is None:
+            unknown = unknown_by_keys[keys] = tuple(k for k in keys if k not in known)
+        texts.append(_to_json({k: row[k] for k in unknown}) if unknown else None)
+    return pa.array(texts, STRING)
+
+
+# ---------------------------------------------------------------------------------------
+# Careful path: value by value; what cannot be converted is nulled and kept aside
+
+_BAD: Final = object()  # a converter's answer for "cannot convert: keep the original"
+
+
+def _to_string(value: Any) -> Any:
+    """A JSON string as itself."""
+    return value if isinstance(value, str) else _BAD
+
+
+def _to_int(value: Any) -> Any:
+    """A JSON integer within int32."""
+    if isinstance(value, int) and not isinstance(value, bool) and _INT_MIN <= value <= _INT_MAX:
+        return value
+    return _BAD
+
+
+def _to_bool(value: Any) -> Any:
+    """A JSON true or false."""
+    return value if isinstance(value, bool) else _BAD
+
+
+def _to_money(value: Any) -> Any:
+    """A JSON number or numeric string as the Decimal it was written as, if it fits (38, 10)."""
+    if isinstance(value, bool):
+        return _BAD
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return _BAD
+        number = decimal.Decimal(repr(value))  # shortest round-trip form: as written
+    elif isinstance(value, int) or (isinstance(value, str) and _NUMBER_RE.fullmatch(value)):
+        number = decimal.Decimal(value)
+    else:
+        return _BAD
+    try:
+        return number.quantize(_MONEY_QUANTUM, context=_MONEY_CONTEXT)
+    except decimal.DecimalException:
+        return _BAD
+
+
+def _to_micros(value: Any) -> Any:
+    """Graph's timestamp text as UTC microseconds since 1970 (truncated); 0001-01-01 is None."""
+    if not isinstance(value, str):
+        return _BAD
+    if value.startswith(_SENTINEL_DATE):
+        return None
+    match = _TS_RE.fullmatch(value)
+    if match is None:
+        return _BAD
+    year, month, day, hour, minute, second, fraction, sign, off_h, off_m = match.groups()
+    try:
+        days = dt.date(int(year), int(month), int(day)).toordinal() - _EPOCH_ORDINAL
+    except ValueError:  # 30 February, year 0
+        return _BAD
+    seconds = days * 86400 + int(hour) * 3600 + int(minute) * 60 + int(second)
+    if sign is not None:
+        offset = int(off_h) * 3600 + int(off_m) * 60
+        seconds -= offset if sign == "+" else -offset
+    micros = seconds * 1_000_000 + int((fraction or "")[:6].ljust(6, "0"))
+    return micros if _MIN_MICROS <= micros <= _MAX_MICROS else _BAD  # years 1 to 9999 only
+
+
+def _to_units(value: Any) -> Any:
+    """A JSON array of {"id": string-or-null} objects (or nulls), nothing else in them."""
+    if not isinstance(value, list):
+        return _BAD
+    units: list[dict[str, Any] | None] = []
+    for element in value:
+        if element is None:
+            units.append(None)
+        elif (
+            isinstance(element, dict)
+            and element.keys() == _ONLY_ID
+            and (element["id"] is None or isinstance(element["id"], str))
+        ):
+            units.append({"id": element["id"]})
+        else:
+            return _BAD
+    return units
+
+
+_CONVERTERS: Final[dict[pa.DataType, Callable[[Any], Any]]] = {
+    STRING: _to_string,
+    TIMESTAMP: _to_micros,
+    INT: _to_int,
+    MONEY: _to_money,
+    BOOL: _to_bool,
+    ADMIN_UNITS: _to_units,
+}
+
+
+def _careful(kind: Kind, rows: Sequence[dict[str, Any]]) -> pa.RecordBatch:
+    """Convert rows one value at a time: a value that does not convert is null in its column
+    and kept, under its own name, in `additionalData` beside the unknown properties."""
+    spec = _SPECS[kind]
+    fields = [f for f in spec.schema if f.name != ADDITIONAL_DATA]
+    plan = [(f.name, _CONVERTERS[f.type]) for f in fields]
+    values: list[list[Any]] = [[] for _ in fields]
+    additional: list[str | None] = []
+    for index, row in enumerate(rows):
+        problem = _id_problem(kind, index, row)
+        if problem is not None:
+            raise WindowError(problem)
+        kept = {k: v for k, v in row.items() if k not in spec.known}
+        for (name, convert), column in zip(plan, values, strict=True):
+            value = row.get(name)
+            converted = None if value is None else convert(value)
+            if converted is _BAD:
+                kept[name] = value
+                converted = None
+            column.append(converted)
+        additional.append(_to_json(kept) if kept else None)
+    arrays = [pa.array(column, f.type) for f, column in zip(fields, values, strict=True)]
+    arrays.append(pa.array(additional, STRING))
+    return pa.RecordBatch.from_arrays(arrays, schema=spec.schema)

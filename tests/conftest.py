@@ -1,0 +1,72 @@
+"""Shared fixtures: a clean environment, and a moto S3 server on loopback."""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Iterator
+
+import boto3
+import pytest
+
+CLEARED_PREFIXES = ("ARCHIVER_", "AWS_", "AZURE_")
+
+
+@pytest.fixture(autouse=True)
+def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Remove ARCHIVER_*, AWS_* and AZURE_* variables so a developer's shell changes nothing.
+
+    Trust settings (REQUESTS_CA_BUNDLE, SSL_CERT_FILE, ...) and proxies stay as they are.
+    """
+    for name in list(os.environ):
+        if name.upper().startswith(CLEARED_PREFIXES):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[str]:
+    """A moto S3 server on 127.0.0.1 for the whole session; yields its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_env(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Point the standard AWS chain at the moto server; returns its URL."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_server)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    return moto_server
+
+
+def create_bucket(object_lock: bool = False) -> str:
+    """Create a uniquely named bucket through the AWS chain (after s3_env); its name."""
+    bucket = f"test-{uuid.uuid4().hex[:16]}"
+    client = boto3.session.Session().client("s3")
+    if object_lock:
+        client.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
+    else:
+        client.create_bucket(Bucket=bucket)
+    return bucket
+
+
+@pytest.fixture
+def s3_destination(s3_env: str) -> str:
+    """A fresh bucket on the moto server: `s3://<bucket>/archive`."""
+    return f"s3://{create_bucket()}/archive"
+
+
+@pytest.fixture
+def s3_locked_destination(s3_env: str) -> str:
+    """A fresh bucket with Object Lock enabled: `s3://<bucket>/archive`."""
+    return f"s3://{create_bucket(object_lock=True)}/archive"
