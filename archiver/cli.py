@@ -135,7 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     backfill_cmd.add_argument("--start", required=True, help="YYYY-MM-DD or ISO-8601, UTC")
     backfill_cmd.add_argument("--end", required=True, help="exclusive end, same forms")
     backfill_cmd.add_argument(
-        "--kind", action="append", choices=[k.value for k in Kind], help="repeatable; default both"
+        "--kind",
+        action="append",
+        metavar="KIND",
+        help="pstn or direct_routing; repeatable; default both",
     )
     _config_flags(backfill_cmd, "start")
     backfill_cmd.set_defaults(handler=cmd_backfill)

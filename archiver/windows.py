@@ -39,7 +39,7 @@ def parse_window(text: str) -> timedelta:
     """A window length that divides a day evenly (1h 2h 3h 4h 6h 8h 12h 1d)."""
     value = parse_duration(text)
     allowed = "1h 2h 3h 4h 6h 8h 12h 1d"
-    if value < timedelta(hours=1) or value > DAY or DAY % value:
+    if value < timedelta(hours=1) or value > DAY or DAY % value or value % timedelta(hours=1):
         raise ValueError(f"{text!r} does not divide a day into whole hours (use one of {allowed})")
     return value
 

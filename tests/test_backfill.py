@@ -87,8 +87,14 @@ def test_boundary_rows_land_in_exactly_one_window(
     """A row starting exactly at midnight is in that day's object only, and the last 100 ns
     of a day stay in that day, although PSTN's end is inclusive."""
     dest = tmp_path / "archive"
-    assert 0 == backfill(monkeypatch, archiver_env(emulator, dest, ARCHIVER_WINDOW="6h"),
-                         "--start", "2024-03-04", "--end", "2024-03-06")
+    assert 0 == backfill(
+        monkeypatch,
+        archiver_env(emulator, dest, ARCHIVER_WINDOW="6h"),
+        "--start",
+        "2024-03-04",
+        "--end",
+        "2024-03-06",
+    )
     for kind in Kind:
         for path in sorted((dest / kind.value).rglob("*.parquet")):
             table = pq.read_table(path, partitioning=None)
@@ -110,8 +116,9 @@ def test_duckdb_reads_each_kind_as_one_hive_partitioned_table(
 ) -> None:
     """DuckDB's read_parquet with hive partitioning counts exactly the source rows per day."""
     dest = tmp_path / "archive"
-    assert 0 == backfill(monkeypatch, archiver_env(emulator, dest),
-                         "--start", "2024-03-04", "--end", "2024-03-07")
+    assert 0 == backfill(
+        monkeypatch, archiver_env(emulator, dest), "--start", "2024-03-04", "--end", "2024-03-07"
+    )
     for kind in Kind:
         got = duckdb.sql(
             f"SELECT date, count(*) FROM read_parquet('{dest}/{kind.value}/**/*.parquet', "
@@ -150,8 +157,14 @@ def test_local_folder_and_s3_hold_the_same_rows(
     """The same backfill into a folder and into S3 gives identical row content."""
     dest = tmp_path / "archive"
     for target in (dest, s3_destination):
-        assert 0 == backfill(monkeypatch, archiver_env(emulator, target),
-                             "--start", "2024-03-04", "--end", "2024-03-06")
+        assert 0 == backfill(
+            monkeypatch,
+            archiver_env(emulator, target),
+            "--start",
+            "2024-03-04",
+            "--end",
+            "2024-03-06",
+        )
     for kind in Kind:
         local = read_local(dest, kind).replace_schema_metadata(None).sort_by("id")
         remote = read_s3(s3_destination, kind, tmp_path).replace_schema_metadata(None)
@@ -165,10 +178,19 @@ def test_run_killed_half_way_resumes_to_the_same_exact_archive(tmp_path: Path) -
     with Emulator(config) as emu:
         dest = tmp_path / "archive"
         env = {**os.environ, **archiver_env(emu, dest, ARCHIVER_CONCURRENCY="2")}
-        args = [sys.executable, "-m", "archiver", "backfill", "--start", "2024-03-04",
-                "--end", "2024-03-18"]
-        process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)
+        args = [
+            sys.executable,
+            "-m",
+            "archiver",
+            "backfill",
+            "--start",
+            "2024-03-04",
+            "--end",
+            "2024-03-18",
+        ]
+        process = subprocess.Popen(
+            args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         journal = dest / "_manifest" / "journal"
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and process.poll() is None:
@@ -188,7 +210,9 @@ def test_run_killed_half_way_resumes_to_the_same_exact_archive(tmp_path: Path) -
 
 
 def test_status_reports_done_windows_rows_and_bytes(
-    emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    emulator: Emulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """`status --json` counts the archived windows and rows per kind from the manifest."""
@@ -203,7 +227,11 @@ def test_status_reports_done_windows_rows_and_bytes(
     for kind in Kind:
         entry = status["kinds"][kind.value]
         assert (2, 0, 0, 2 * ROWS[kind]) == (
-            entry["done"], entry["failed"], entry["pending"], entry["rows"])
+            entry["done"],
+            entry["failed"],
+            entry["pending"],
+            entry["rows"],
+        )
         sizes = sum(p.stat().st_size for p in (dest / kind.value).rglob("*.parquet"))
         assert sizes == entry["bytes"]
 
@@ -213,11 +241,22 @@ def test_parquet_metadata_records_provenance(
 ) -> None:
     """Each object names archiver version, kind, window, Graph URL and version, and rows."""
     dest = tmp_path / "archive"
-    assert 0 == backfill(monkeypatch, archiver_env(emulator, dest, ARCHIVER_GRAPH_VERSION="beta"),
-                         "--start", "2024-03-04", "--end", "2024-03-05", "--kind", "pstn")
+    assert 0 == backfill(
+        monkeypatch,
+        archiver_env(emulator, dest, ARCHIVER_GRAPH_VERSION="beta"),
+        "--start",
+        "2024-03-04",
+        "--end",
+        "2024-03-05",
+        "--kind",
+        "pstn",
+    )
     path = dest / "pstn" / "date=2024-03-04" / "20240304T000000Z.parquet"
-    meta = {k.decode(): v.decode() for k, v in pq.read_metadata(path).metadata.items()
-            if k.startswith(b"archiver.")}
+    meta = {
+        k.decode(): v.decode()
+        for k, v in pq.read_metadata(path).metadata.items()
+        if k.startswith(b"archiver.")
+    }
     from archiver import __version__
 
     assert {

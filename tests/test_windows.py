@@ -83,7 +83,7 @@ def test_window_lengths_must_divide_a_day() -> None:
     assert [timedelta(hours=h) for h in (1, 2, 3, 4, 6, 8, 12, 24)] == [
         parse_window(t) for t in ("1h", "2h", "3h", "4h", "6h", "8h", "12h", "1d")
     ]
-    for bad in ("5h", "30m", "2d", "7h"):
+    for bad in ("5h", "30m", "90m", "2d", "7h"):
         with pytest.raises(ValueError, match="does not divide a day"):
             parse_window(bad)
 

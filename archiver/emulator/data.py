@@ -256,13 +256,19 @@ def _users(seed: int) -> tuple[_User, ...]:
 
 
 @functools.lru_cache(maxsize=64)
-def _admin_units(seed: int) -> tuple[str, ...]:
-    return tuple(f'{{"id":"{_uuid_text(_digest(f"au/{seed}/{i}"))}"}}' for i in range(5))
+def _admin_unit_lists(seed: int) -> tuple[tuple[str, ...], ...]:
+    """JSON for administrativeUnitInfos, by [first unit][count]: 0, 1 or 2 of 5 units."""
+    units = [f'{{"id":"{_uuid_text(_digest(f"au/{seed}/{i}"))}"}}' for i in range(5)]
+    return tuple(
+        tuple(
+            "[" + ",".join(units[(first + k) % 5] for k in range(count)) + "]" for count in range(3)
+        )
+        for first in range(5)
+    )
 
 
-def _admin_unit_infos(seed: int, first: int, count: int) -> str:
-    units = _admin_units(seed)
-    return "[" + ",".join(units[(first + k) % 5] for k in range(count)) + "]"
+_DEC = tuple(str(i) for i in range(256))
+_HEX = tuple(f"{i:x}" for i in range(256))
 
 
 def _mix(seed: int, ordinal: int, index: int) -> int:
@@ -344,11 +350,16 @@ def pstn_row(seed: int, ordinal: int, index: int, tick: int, beta: bool, every: 
         f'"callDurationSource":"{"operator" if d[40] % 7 == 0 else "microsoft"}"'
     )
     if beta:
-        public4 = "null" if index % 5 == 1 else f'"{d[43] % 200 + 20}.{d[44]}.{d[45]}.{d[46]}"'
-        public6 = "null" if index % 3 == 2 else f'"2001:db8:{d[47]:x}:{d[48]:x}::{d[49]:x}"'
-        local4 = "null" if index % 7 == 4 else f'"192.168.{d[50]}.{d[51]}"'
-        local6 = "null" if index % 2 else f'"fe80::{d[52]:x}{d[53]:02x}:{d[54]:x}"'
-        units = _admin_unit_infos(seed, d[42], index % 3 if index < 40 else d[41] % 3)
+        dec, hx = _DEC, _HEX
+        public4 = (
+            "null"
+            if index % 5 == 1
+            else '"' + dec[d[43] % 200 + 20] + "." + dec[d[44]] + "." + dec[d[45]] + '.1"'
+        )
+        public6 = "null" if index % 3 == 2 else '"2001:db8:' + hx[d[47]] + ":" + hx[d[48]] + '::1"'
+        local4 = "null" if index % 7 == 4 else '"192.168.' + dec[d[50]] + "." + dec[d[51]] + '"'
+        local6 = "null" if index % 2 else '"fe80::' + hx[d[52]] + ":" + hx[d[54]] + '"'
+        units = _admin_unit_lists(seed)[d[42] % 5][index % 3 if index < 40 else d[41] % 3]
         text += (
             f',"otherPartyCountryCode":{_COUNTRIES[d[27] % 10]},'
             f'"administrativeUnitInfos":{units},'
@@ -410,7 +421,7 @@ def direct_routing_row(
             if call_type == 3
             else "null"
         )
-        units = _admin_unit_infos(seed, d[37], index % 3 if index < 40 else d[35] % 3)
+        units = _admin_unit_lists(seed)[d[37] % 5][index % 3 if index < 40 else d[35] % 3]
         text += (
             f',"userCountryCode":{user.country},"otherPartyCountryCode":{other_country},'
             f'"transferorCorrelationId":{transferor},"administrativeUnitInfos":{units}'
