@@ -149,35 +149,10 @@ _INT_MAX: Final = 2**31 - 1
 _ONLY_ID: Final = frozenset({"id"})
 
 
-def _json_encoder() -> Callable[[Any], str]:
-    """Compact JSON text with sorted keys and non-ASCII kept, as fast as the stdlib allows.
-
-    `json.dumps` builds a new C encoder per call; reusing one is three times faster on
-    the small objects `additionalData` holds. The output is the same either way.
-    """
-    plain = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"))
-    make = getattr(json.encoder, "c_make_encoder", None)
-    if make is None:  # no C accelerator (e.g. PyPy)
-        return plain.encode
-
-    def unencodable(value: object) -> object:
-        raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-    try:
-        c_encode = make(
-            None, unencodable, json.encoder.encode_basestring, None, ":", ",", True, False, True
-        )
-    except TypeError:  # the private signature changed: use the public path
-        return plain.encode
-
-    def encode(value: Any) -> str:
-        return "".join(c_encode(value, 0))
-
-    probe = {"b": [1.5, None, True, 10**20, 1e16], "a": "é\u2028\x00", "c": {"z": {}}}
-    return encode if encode(probe) == plain.encode(probe) else plain.encode
-
-
-_to_json: Final = _json_encoder()
+# Compact JSON text with sorted keys and non-ASCII kept, for `additionalData`.
+_to_json: Final[Callable[[Any], str]] = json.JSONEncoder(
+    ensure_ascii=False, sort_keys=True, separators=(",", ":")
+).encode
 
 
 def _id_problem(kind: Kind, index: int, row: object) -> str | None:

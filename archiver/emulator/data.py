@@ -322,6 +322,7 @@ def pstn_row(seed: int, ordinal: int, index: int, tick: int, beta: bool, every: 
     duration = (d[17] << 8 | d[18]) % 3600 if d[19] % 10 else 0
     call_type = d[20] % 7
     inbound = _PSTN_CALL_TYPES[call_type].endswith("_in")
+    end = start + duration * TICKS_PER_SECOND + (10_000 if duration == 0 or d[28] & 1 else 0)
     x = _mix(seed, ordinal, index)
     user_number = f'"+1425555{(d[22] << 8 | d[23]) % 10000:04d}"'
     other_number = _phone(d[24], d[25], d[26], index % 11 == 3 or d[21] % 15 == 0)
@@ -339,7 +340,7 @@ def pstn_row(seed: int, ordinal: int, index: int, tick: int, beta: bool, every: 
         f'"callId":"{x % 10**10}_{(x >> 34) % 10**9}@61.221.{x >> 8 & 255}.{x & 255}",'
         f'"userId":{user.id},"userPrincipalName":{user.upn},"userDisplayName":{user.name},'
         f'"startDateTime":"{format_ticks(start)}",'
-        f'"endDateTime":"{format_ticks(start + duration * TICKS_PER_SECOND + d[28] % 2 * 10_000)}",'
+        f'"endDateTime":"{format_ticks(end)}",'
         f'"duration":{duration},"charge":{charge},'
         f'"callType":{_PSTN_CALL_TYPES_Q[call_type]},"currency":{_CURRENCIES[d[32] % 3]},'
         f'"calleeNumber":{callee},"usageCountryCode":{user.country},"tenantCountryCode":"US",'
@@ -382,7 +383,7 @@ def direct_routing_row(
     inbound = call_type in (0, 4)
     x = _mix(seed, ordinal, index)
     if successful:
-        duration = (d[19] << 8 | d[20]) % 3600
+        duration = 1 + (d[19] << 8 | d[20]) % 3599
         code, phrase, sub_reason = _SUCCESS[d[21] % 3]
         end = f'"{format_ticks(start + duration * TICKS_PER_SECOND)}"'
         failure = _Q_SENTINEL
