@@ -401,6 +401,16 @@ def test_direct_routing_paging_excludes_to(emulator: Emulator, session: Verifyin
     assert [p["@odata.count"] for p in pages] == [1000, 500]
 
 
+def test_paging_across_days_matches_rows(emulator: Emulator, session: VerifyingSession) -> None:
+    """Pages that straddle midnight, over a range starting and ending mid-day, match rows()."""
+    emulator.config.page_size = 900
+    start, end = DAY + dt.timedelta(hours=13), DAY + dt.timedelta(days=2, hours=7)
+    url = call_url(emulator, Kind.DIRECT_ROUTING, "2024-03-01T13:00:00Z", "2024-03-03T07:00:00Z")
+    rows, pages = fetch_all(session, url, token(emulator, session))
+    assert rows == emulator.rows(Kind.DIRECT_ROUTING, start, end)
+    assert len(pages) == -(-len(rows) // 900)
+
+
 def test_next_link_spelling(emulator: Emulator, session: VerifyingSession) -> None:
     """PSTN nextLinks spell from=/to=, Direct Routing keeps the client's spelling, both add
     a literal $skip, and next_link_host replaces the request's scheme and host."""

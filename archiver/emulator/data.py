@@ -505,6 +505,10 @@ class Dataset:
             for ticks, copy in parsed:
                 self._late.setdefault((kind, ticks // TICKS_PER_DAY), []).append(copy)
 
+    def _day_size(self, kind: Kind, params: DataParams, ordinal: int) -> int:
+        with self._lock:
+            return params.rows_per_day + len(self._late.get((kind, ordinal), ()))
+
     def _day(self, kind: Kind, params: DataParams, ordinal: int) -> _Day:
         with self._lock:
             late = tuple(self._late.get((kind, ordinal), ()))
@@ -547,7 +551,7 @@ class Dataset:
             i = j
         return _Day(
             ticks=array("q", (e[0] for e in entries)),
-            refs=array("q", (e[1] for e in entries)),
+            refs=array("i", (e[1] for e in entries)),
             late=late,
         )
 
@@ -568,17 +572,23 @@ class Dataset:
         end = None if limit is None else skip + limit
         if high > low:
             for ordinal in range(low // TICKS_PER_DAY, (high - 1) // TICKS_PER_DAY + 1):
-                day = self._day(kind, params, ordinal)
                 base = ordinal * TICKS_PER_DAY
-                a = bisect.bisect_left(day.ticks, low - base) if low > base else 0
-                b = (
-                    bisect.bisect_left(day.ticks, high - base)
-                    if high < base + TICKS_PER_DAY
-                    else len(day.ticks)
-                )
+                day: _Day | None = None
+                if low <= base and base + TICKS_PER_DAY <= high:  # whole day: count, don't build
+                    a, b = 0, self._day_size(kind, params, ordinal)
+                else:
+                    day = self._day(kind, params, ordinal)
+                    a = bisect.bisect_left(day.ticks, low - base) if low > base else 0
+                    b = (
+                        bisect.bisect_left(day.ticks, high - base)
+                        if high < base + TICKS_PER_DAY
+                        else len(day.ticks)
+                    )
                 first = max(skip, total)
                 last = total + (b - a) if end is None else min(end, total + (b - a))
                 if first < last:
+                    if day is None:
+                        day = self._day(kind, params, ordinal)
                     picked.append((ordinal, day, a + first - total, a + last - total))
                 total += b - a
         build = _BUILDERS[kind]
