@@ -190,8 +190,9 @@ class GraphClient:
         for attempt in range(1, self._max_attempts + 1):
             if attempt > 1:
                 stats.retries += 1
+            token = await self._tokens.token()  # before the slot: its thread hop adds jitter
             await limiter.acquire()
-            token = await self._tokens.token()
+            sent_at = time.monotonic()
             stats.requests += 1
             self.requests += 1
             try:
@@ -200,7 +201,7 @@ class GraphClient:
                 return page
             except ThrottledError as exc:
                 stats.throttled += 1
-                limiter.throttled(exc.retry_after, attempt)
+                limiter.throttled(exc.retry_after, attempt, sent_at)
                 last = exc
             except AuthExpiredError as exc:
                 if refreshed:

@@ -33,11 +33,19 @@ def backoff(attempt: int, retry_after: float | None = None) -> float:
 
 
 class Pacer:
-    """Spaces requests at least 60/rate seconds apart; the rate adapts to 429s.
+    """Spaces requests evenly at `rate` per minute; the rate adapts to 429s (AIMD).
 
-    On a 429 the rate halves (never below one request a minute); each success
-    then raises it a little, never above the configured ceiling.
+    Requests go out at 99 % of the rate, so that network jitter does not put one
+    request too many into Graph's sliding minute. On a 429 the rate drops to 70 %
+    (once per round trip: 429s for requests sent before the last drop do not count
+    again). After that it climbs quickly back to 90 % of the rate that was
+    throttled, then slowly (0.1 % per success), never above the configured ceiling.
     """
+
+    SAFETY = 0.99  # share of the rate actually used
+    DECREASE = 0.7  # factor on a 429
+    FAST, SLOW = 1.05, 1.001  # factors per success below / above 90 % of the throttled rate
+    FLOOR = 1.0  # requests per minute: the rate never drops below this
 
     def __init__(
         self, per_minute: float, clock: Clock = time.monotonic, sleep: Sleep = anyio.sleep
@@ -47,22 +55,29 @@ class Pacer:
         self._clock = clock
         self._sleep = sleep
         self._next = 0.0
+        self._throttled_rate = float("inf")  # the rate at the last 429
+        self._decreased_at = float("-inf")  # clock() of the last decrease
 
     async def acquire(self) -> None:
         """Wait for this caller's slot."""
         now = self._clock()
         at = max(now, self._next)
-        self._next = at + 60.0 / self.rate
+        self._next = at + 60.0 / (self.rate * self.SAFETY)
         if at > now:
             await self._sleep(at - now)
 
-    def throttled(self) -> None:
-        """Graph answered 429: slow down."""
-        self.rate = max(1.0, self.rate / 2)
+    def throttled(self, sent_at: float) -> None:
+        """Graph answered 429 to a request sent at `sent_at` (clock time): slow down."""
+        if sent_at < self._decreased_at:
+            return  # sent at the old rate; this round trip already slowed us down
+        self._throttled_rate = self.rate
+        self.rate = max(self.FLOOR, self.rate * self.DECREASE)
+        self._decreased_at = self._clock()
 
     def succeeded(self) -> None:
-        """A request went through: creep back towards the ceiling."""
-        self.rate = min(self.ceiling, self.rate + self.ceiling / 50)
+        """A request went through: climb back towards the ceiling."""
+        fast = self.rate < 0.9 * self._throttled_rate
+        self.rate = min(self.ceiling, self.rate * (self.FAST if fast else self.SLOW))
 
 
 class Gate:
@@ -105,10 +120,10 @@ class Limiter:
             if not self.gate.closed:  # a 429 may have closed it while we queued
                 return
 
-    def throttled(self, retry_after: float | None, attempt: int) -> None:
-        """Graph answered 429: pause the whole function and slow it down."""
+    def throttled(self, retry_after: float | None, attempt: int, sent_at: float) -> None:
+        """Graph answered 429 to a request sent at `sent_at`: pause the function, slow it down."""
         self.gate.close_for(backoff(attempt, retry_after))
-        self.function.throttled()
+        self.function.throttled(sent_at)
 
     def succeeded(self) -> None:
         """A request succeeded."""

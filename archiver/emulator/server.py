@@ -113,6 +113,7 @@ class EmulatorConfig:
     latency: float = 0.0  # seconds added to every Graph page response
     token_lifetime: int = 3600  # expires_in of issued tokens
     rate_cap_per_minute: int | None = None  # per Kind, sliding 60 s; throttled requests count
+    rate_cap_window: float = 60.0  # seconds the cap counts over (benchmarks shorten it)
     cap_retry_after: str = "seconds"  # "seconds" | "date" | "none"
     faults: Faults = field(default_factory=Faults)
     permission: bool = True  # False: every Graph request gets 403
@@ -201,18 +202,19 @@ class EmulatorState:
     def over_cap(self, kind: Kind, now: float) -> float | None:
         """Count a request against the cap; seconds until a slot frees if it is over, else None."""
         cap = self.config.rate_cap_per_minute
+        window = self.config.rate_cap_window
         with self._lock:
             recent = self._recent[kind]
-            while recent and recent[0] <= now - 60.0:
+            while recent and recent[0] <= now - window:
                 recent.popleft()
             over = cap is not None and len(recent) >= cap
             recent.append(now)
             if cap is None or not over:
                 return None
             if cap <= 0:
-                return 60.0
-            # A request passes once at most cap-1 of the logged ones are younger than 60 s.
-            return recent[len(recent) - cap] + 60.0 - now
+                return window
+            # A request passes once at most cap-1 of the logged ones are younger than the window.
+            return recent[len(recent) - cap] + window - now
 
     def draw_fault(self) -> tuple[str | None, float]:
         """Which random fault, if any, hits this request; and a uniform number for its details."""
