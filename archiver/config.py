@@ -52,6 +52,7 @@ class Config:
     resweep: timedelta = timedelta(hours=72)
     resweep_interval: timedelta = timedelta(hours=6)
     grace: timedelta = timedelta(seconds=25)
+    lease: timedelta = timedelta(minutes=2)
     metrics_port: int | None = None
     log_format: str = "auto"
     sse: str | None = None
@@ -182,6 +183,7 @@ PARSERS: dict[str, Callable[[Any], Any]] = {
     "resweep": _duration,
     "resweep_interval": _duration,
     "grace": _duration,
+    "lease": _duration,
     "metrics_port": _port,
     "log_format": _choice("auto", "text", "json"),
     "sse": _optional_choice("AES256", "aws:kms"),

@@ -127,29 +127,38 @@ class Manifest:
         await anyio.to_thread.run_sync(self._load)
 
     def _load(self) -> None:
+        for _ in range(10):
+            if self._load_once():
+                return
+        raise UsageError(f"manifest in {self.store.description}: keeps changing while read")
+
+    def _load_once(self) -> bool:
+        """One consistent read; False if a compaction raced it (a journal entry vanished)."""
         settings = self.store.get_bytes(SETTINGS_KEY)
         if settings is not None:
             self.window = parse_window(json.loads(settings[0])["window"])
-        self.records = {}
+        records: dict[tuple[str, str], Record] = {}
         snapshot = self.store.get_bytes(SNAPSHOT_KEY)
-        self._snapshot_etag = snapshot[1] if snapshot else None
         if snapshot is not None:
             for data in json.loads(gzip.decompress(snapshot[0]))["records"]:
                 record = Record.from_json(data)
-                self.records[record.id] = record
-        self.plans = []
+                records[record.id] = record
+        plans = []
         for info in self.store.list(PLANS_PREFIX):
             got = self.store.get_bytes(info.key)
             if got is not None:
-                self.plans.append(json.loads(got[0]))
-        self._journal = []
+                plans.append(json.loads(got[0]))
+        journal = []
         for info in self.store.list(JOURNAL_PREFIX):
             got = self.store.get_bytes(info.key)
-            if got is None:  # compacted away by another worker since the listing
-                continue
+            if got is None:  # compacted into a newer snapshot since we read ours
+                return False
             record = Record.from_json(json.loads(got[0]))
-            self.records[record.id] = merge(self.records.get(record.id), record)
-            self._journal.append(info.key)
+            records[record.id] = merge(records.get(record.id), record)
+            journal.append(info.key)
+        self.records, self.plans, self._journal = records, plans, journal
+        self._snapshot_etag = snapshot[1] if snapshot else None
+        return True
 
     def check_window(self, length: timedelta) -> None:
         """Refuse a window length other than the one this destination was archived with.

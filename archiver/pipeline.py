@@ -7,10 +7,14 @@ A window is recorded done only after its object is durable in the store.
 
 from __future__ import annotations
 
+import collections
+import heapq
 import logging
+import os
+import socket
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -25,6 +29,7 @@ from archiver.config import Config
 from archiver.errors import StopRun, WindowError
 from archiver.graph import GraphClient, WindowStats, make_limiters, open_session
 from archiver.kinds import Kind
+from archiver.lease import Claim, Leases, Outcome
 from archiver.manifest import Manifest, Record, State, now_iso
 from archiver.parquet import WindowWriter, WrittenFile
 from archiver.schema import rows_to_batch, schema_for
@@ -70,6 +75,11 @@ async def open_destination(config: Config) -> tuple[Store, Manifest]:
     return store, manifest
 
 
+def worker_id() -> str:
+    """This process, as claims name it: host, pid and a random part (pids repeat in containers)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
 def select_rows(
     kind: Kind, rows: list[dict[str, Any]], window: Window, seen: set[str]
 ) -> pa.RecordBatch:
@@ -101,22 +111,79 @@ class Archiver:
     """Archives windows of one destination with one Graph client."""
 
     def __init__(
-        self, config: Config, store: Store, manifest: Manifest, graph: GraphClient, spool: Spool
+        self,
+        config: Config,
+        store: Store,
+        manifest: Manifest,
+        graph: GraphClient,
+        spool: Spool,
+        leases: Leases,
     ) -> None:
         self.config = config
         self.store = store
         self.manifest = manifest
         self.graph = graph
         self.spool = spool
+        self.leases = leases
 
-    async def archive(self, window: Window) -> Record:
-        """Fetch, write, store and record one window; WindowError if it fails."""
+    async def claim_and_archive(self, window: Window, queue: WindowQueue) -> Record | None:
+        """Archive a window if no other worker holds it; None when it is not ours to do.
+
+        A window another worker holds goes back to the queue until its lease expires;
+        one that another worker archived meanwhile counts as already archived.
+        """
+        outcome, detail = await anyio.to_thread.run_sync(self.leases.claim, window)
+        if outcome is Outcome.BUSY:
+            assert isinstance(detail, float)
+            queue.defer(window, detail)
+            return None
+        if outcome is Outcome.DONE:
+            return None
+        assert isinstance(detail, Claim)
+        claim = detail
+        if outcome is Outcome.TAKEN_OVER:
+            await self.manifest.load()  # its dead holder may have finished it
+            if self.manifest.is_done(window):
+                await anyio.to_thread.run_sync(self.leases.finish, claim)
+                return None
+        lost = anyio.Event()
+        try:
+            try:
+                async with anyio.create_task_group() as group:
+                    group.start_soon(self._keep_lease, claim, lost, group.cancel_scope)
+                    record = await self.archive(window, lost)
+                    group.cancel_scope.cancel()
+            except BaseExceptionGroup as wrapped:  # the task group wraps what archive() raised
+                raise (wrapped.exceptions[0] if len(wrapped.exceptions) == 1 else wrapped) from None
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self.leases.release, claim)
+            raise
+        if lost.is_set():
+            log.warning("lost the lease of %s to another worker; left to it", window)
+            queue.defer(window, time.time() + self.leases.duration)
+            return None
+        await anyio.to_thread.run_sync(self.leases.finish, claim)
+        return record
+
+    async def _keep_lease(self, claim: Claim, lost: anyio.Event, scope: anyio.CancelScope) -> None:
+        """Renew the lease while the window is worked on; on losing it, stop the work."""
+        while True:
+            await anyio.sleep(self.leases.duration / 3)
+            if not await anyio.to_thread.run_sync(self.leases.renew, claim):
+                lost.set()
+                scope.cancel()
+                return
+
+    async def archive(self, window: Window, lost: anyio.Event | None = None) -> Record:
+        """Fetch, write, store and record one window; WindowError if it fails.
+
+        `lost` is set when another worker took the window over: then nothing is stored.
+        """
         stats = WindowStats()
         began = time.monotonic()
         started_at = now_iso()
-        spool = (
-            self.store.spool_dir() / f"{window.kind.value}-{window.name}-{uuid.uuid4().hex}.partial"
-        )
+        spool = self.spool.path(f"{window.kind.value}-{window.name}-{uuid.uuid4().hex}.partial")
         metadata = {
             "version": __version__,
             "kind": window.kind.value,
@@ -135,6 +202,8 @@ class Archiver:
                 batch = await anyio.to_thread.run_sync(select_rows, window.kind, rows, window, seen)
                 await anyio.to_thread.run_sync(writer.write, batch)
             written: WrittenFile = await anyio.to_thread.run_sync(writer.close)
+            if lost is not None and lost.is_set():
+                raise anyio.get_cancelled_exc_class()()
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(writer.abort)
@@ -198,15 +267,41 @@ class Archiver:
         )
 
 
+class WindowQueue:
+    """Windows still to archive, oldest first; a window another worker holds waits for
+    its lease to expire (it is then either done, or free to take over)."""
+
+    POLL = 2.0  # seconds: how often a window another worker holds is looked at again
+
+    def __init__(self, windows: Iterable[Window]) -> None:
+        self._ready: collections.deque[Window] = collections.deque(windows)
+        self._waiting: list[tuple[float, Window]] = []
+
+    def defer(self, window: Window, until: float) -> None:
+        """Look at `window` again at `until` (wall-clock seconds)."""
+        heapq.heappush(self._waiting, (min(until, time.time() + self.POLL), window))
+
+    async def next(self) -> Window | None:
+        """The next window to try, waiting for a held one if that is all there is; None
+        when nothing is left."""
+        if self._ready:
+            return self._ready.popleft()
+        if not self._waiting:
+            return None
+        until, window = heapq.heappop(self._waiting)
+        await anyio.sleep(max(0.0, until - time.time()))
+        return window
+
+
 async def run_windows(archiver: Archiver, windows: Iterable[Window], result: RunResult) -> None:
     """Archive `windows` with `concurrency` workers; failures are recorded, StopRun re-raised."""
-    todo: Iterator[Window] = iter(windows)
+    queue = WindowQueue(windows)
     stop: list[StopRun] = []
 
     async def worker(scope: anyio.CancelScope) -> None:
-        for window in todo:
+        while (window := await queue.next()) is not None:
             try:
-                result.archived.append(await archiver.archive(window))
+                record = await archiver.claim_and_archive(window, queue)
             except WindowError as exc:
                 result.failed.append((window, str(exc)))
                 await archiver.fail(window, str(exc))
@@ -214,6 +309,9 @@ async def run_windows(archiver: Archiver, windows: Iterable[Window], result: Run
                 stop.append(exc)
                 scope.cancel()
                 return
+            else:
+                if record is not None:
+                    result.archived.append(record)
 
     async with anyio.create_task_group() as group:
         for _ in range(archiver.config.concurrency):
@@ -257,8 +355,10 @@ async def backfill(
         await manifest.fix_window(config.window)
         await manifest.add_plan(kinds, start, end)
         spool = await anyio.to_thread.run_sync(Spool, store.spool_dir())
+        leases = Leases(store, worker_id(), config.lease.total_seconds())
+        archiver = Archiver(config, store, manifest, graph, spool, leases)
         try:
-            await run_windows(Archiver(config, store, manifest, graph, spool), windows, result)
+            await run_windows(archiver, windows, result)
         finally:
             result.requests = graph.requests
             with anyio.CancelScope(shield=True):

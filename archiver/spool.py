@@ -41,11 +41,9 @@ class Spool:
 
 
 def remove_abandoned(base: Path) -> None:
-    """Remove the spool folders (and loose files) of processes that are gone."""
+    """Remove the spool folders of processes that are gone."""
     for entry in base.iterdir():
         if not entry.is_dir():
-            if entry.name.endswith(".partial"):
-                entry.unlink(missing_ok=True)
             continue
         try:
             fd = os.open(entry / LOCK_NAME, os.O_RDWR)
