@@ -35,16 +35,17 @@ def backoff(attempt: int, retry_after: float | None = None) -> float:
 class Pacer:
     """Spaces requests evenly at `rate` per minute; the rate adapts to 429s (AIMD).
 
-    Requests go out at 99 % of the rate, so that network jitter does not put one
-    request too many into Graph's sliding minute. On a 429 the rate drops to 70 %
+    Requests go out at 98 % of the rate, so that network jitter does not put one
+    request too many into Graph's sliding minute. On a 429 the rate drops to 80 %
     (once per round trip: 429s for requests sent before the last drop do not count
-    again). After that it climbs quickly back to 90 % of the rate that was
-    throttled, then slowly (0.1 % per success), never above the configured ceiling.
+    again). After that it climbs quickly back to 95 % of the rate that was
+    throttled, then slowly (0.2 % per success), never above the configured ceiling.
     """
 
-    SAFETY = 0.99  # share of the rate actually used
-    DECREASE = 0.7  # factor on a 429
-    FAST, SLOW = 1.05, 1.001  # factors per success below / above 90 % of the throttled rate
+    SAFETY = 0.98  # share of the rate actually used
+    DECREASE = 0.8  # factor on a 429
+    NEAR = 0.95  # below this share of the throttled rate, climb fast
+    FAST, SLOW = 1.05, 1.002  # factors per success below / above NEAR
     FLOOR = 1.0  # requests per minute: the rate never drops below this
 
     def __init__(
@@ -76,7 +77,7 @@ class Pacer:
 
     def succeeded(self) -> None:
         """A request went through: climb back towards the ceiling."""
-        fast = self.rate < 0.9 * self._throttled_rate
+        fast = self.rate < self.NEAR * self._throttled_rate
         self.rate = min(self.ceiling, self.rate * (self.FAST if fast else self.SLOW))
 
 

@@ -23,7 +23,7 @@ class FakeClock:
 
 
 def test_pacer_spaces_requests_evenly_just_under_the_rate() -> None:
-    """At 60 per minute, requests go out every 1/0.99 s: never a burst, never over the rate."""
+    """At 60 per minute, requests go out every 1/0.98 s: never a burst, never over the rate."""
     clock = FakeClock()
     pacer = Pacer(60, clock=clock, sleep=clock.sleep)
     times = []
@@ -34,37 +34,37 @@ def test_pacer_spaces_requests_evenly_just_under_the_rate() -> None:
             times.append(round(clock.now, 6))
 
     anyio.run(go)
-    step = 1 / 0.99
+    step = 1 / 0.98
     assert [round(i * step, 6) for i in range(5)] == times
 
 
 def test_a_429_slows_the_pace_once_per_round_trip() -> None:
-    """A 429 cuts the rate to 70 %; more 429s for requests sent before the cut do not cut again."""
+    """A 429 cuts the rate to 80 %; more 429s for requests sent before the cut do not cut again."""
     clock = FakeClock()
     pacer = Pacer(100, clock=clock, sleep=clock.sleep)
     clock.now = 10.0
     pacer.throttled(sent_at=9.5)
-    assert 70.0 == pacer.rate
+    assert 80.0 == pacer.rate
     pacer.throttled(sent_at=9.9)  # in flight when the first 429 arrived
-    assert 70.0 == pacer.rate
+    assert 80.0 == pacer.rate
     clock.now = 11.0
     pacer.throttled(sent_at=10.5)  # sent at the new rate, still throttled
-    assert 49.0 == round(pacer.rate, 6)
+    assert 64.0 == round(pacer.rate, 6)
 
 
 def test_pace_recovers_quickly_to_just_below_the_throttled_rate_then_slowly() -> None:
-    """After a 429 the rate climbs 5 % per success to 90 % of where it was throttled, then
-    0.1 % per success, and never above the configured ceiling."""
+    """After a 429 the rate climbs 5 % per success to 95 % of where it was throttled, then
+    0.2 % per success, and never above the configured ceiling."""
     pacer = Pacer(100)
     pacer.throttled(sent_at=float("inf"))
     fast = 0
-    while pacer.rate < 90:
+    while pacer.rate < 95:
         pacer.succeeded()
         fast += 1
-    assert 6 == fast  # 70 * 1.05**6 = 93.8
+    assert 4 == fast  # 80 * 1.05**4 = 97.2
     before = pacer.rate
     pacer.succeeded()
-    assert round(before * 1.001, 9) == round(pacer.rate, 9)
+    assert round(before * 1.002, 9) == round(pacer.rate, 9)
     for _ in range(10_000):
         pacer.succeeded()
     assert 100 == pacer.rate
