@@ -1,4 +1,4 @@
-"""Shared fixtures: a clean environment, and a moto S3 server on loopback."""
+"""Shared fixtures: a clean environment, and S3 servers on loopback (moto and SeaweedFS)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import boto3
 import pytest
+from seaweed import SeaweedServer, SeaweedUnavailable, running_seaweed
 
 CLEARED_PREFIXES = ("ARCHIVER_", "AWS_", "AZURE_")
 
@@ -46,7 +47,14 @@ def s3_env(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    fresh_default_session(monkeypatch)
     return moto_server
+
+
+def fresh_default_session(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Drop boto3's default session for this test: it keeps the credentials it first found,
+    which belong to the other server when a session uses both moto and SeaweedFS."""
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
 
 
 def create_bucket(object_lock: bool = False) -> str:
@@ -70,3 +78,46 @@ def s3_destination(s3_env: str) -> str:
 def s3_locked_destination(s3_env: str) -> str:
     """A fresh bucket with Object Lock enabled: `s3://<bucket>/archive`."""
     return f"s3://{create_bucket(object_lock=True)}/archive"
+
+
+@pytest.fixture(scope="session")
+def seaweed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]:
+    """A SeaweedFS server (`weed mini`) on 127.0.0.1 for the whole session.
+
+    Skips the tests that use it, naming the cause, when `weed` is missing or cannot run.
+    """
+    try:
+        with running_seaweed(tmp_path_factory.mktemp("seaweedfs")) as server:
+            yield server
+    except SeaweedUnavailable as exc:
+        pytest.skip(f"SeaweedFS unavailable: {exc}")
+
+
+@pytest.fixture
+def seaweed_env(seaweed_server: SeaweedServer, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Point the standard AWS chain at the SeaweedFS server; returns its URL."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", seaweed_server.endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", seaweed_server.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", seaweed_server.secret_key)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    fresh_default_session(monkeypatch)
+    return seaweed_server.endpoint
+
+
+@pytest.fixture
+def seaweed_destination(seaweed_env: str) -> str:
+    """A fresh bucket on the SeaweedFS server: `s3://<bucket>/archive`."""
+    return f"s3://{create_bucket()}/archive"
+
+
+@pytest.fixture
+def seaweed_locked_destination(seaweed_env: str) -> str:
+    """A fresh bucket with Object Lock enabled on SeaweedFS: `s3://<bucket>/archive`."""
+    return f"s3://{create_bucket(object_lock=True)}/archive"
+
+
+@pytest.fixture(params=["moto", "seaweedfs"])
+def any_s3_destination(request: pytest.FixtureRequest) -> str:
+    """A fresh `s3://<bucket>/archive` on each S3 server in turn, the AWS chain pointed at it."""
+    fixture = {"moto": "s3_destination", "seaweedfs": "seaweed_destination"}[request.param]
+    return str(request.getfixturevalue(fixture))

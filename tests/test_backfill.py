@@ -1,4 +1,4 @@
-"""End to end: `archiver backfill` against the emulator, into moto S3 and a local folder."""
+"""End to end: `archiver backfill` against the emulator, into S3 (moto, SeaweedFS) and a folder."""
 
 from __future__ import annotations
 
@@ -63,9 +63,11 @@ def graph_requests(emu: Emulator) -> int:
 
 
 def test_week_of_both_kinds_into_s3_is_exact(
-    emulator: Emulator, s3_destination: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    emulator: Emulator, any_s3_destination: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """Every source row of [start, end) is archived once, every column equal to the source."""
+    """Every source row of [start, end) is archived once, every column equal to the source,
+    on moto and on SeaweedFS alike."""
+    s3_destination = any_s3_destination
     env = archiver_env(emulator, s3_destination)
     assert 0 == backfill(monkeypatch, env, "--start", "2024-03-04", "--end", "2024-03-11")
     for kind in Kind:
@@ -177,7 +179,10 @@ def test_run_killed_half_way_resumes_to_the_same_exact_archive(tmp_path: Path) -
     config = EmulatorConfig(rows_per_day=dict(ROWS), latency=0.05)
     with Emulator(config) as emu:
         dest = tmp_path / "archive"
-        env = {**os.environ, **archiver_env(emu, dest, ARCHIVER_CONCURRENCY="2")}
+        env = {
+            **os.environ,
+            **archiver_env(emu, dest, ARCHIVER_CONCURRENCY="2", ARCHIVER_LEASE="2s"),
+        }
         args = [
             sys.executable,
             "-m",
