@@ -117,6 +117,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Re-read every archived object and compare it with the manifest."""
+    from archiver.verify import verify_destination
+
+    config = _load(args)
+    result = anyio.run(verify_destination, config)
+    for problem in result.problems:
+        print(problem)
+    print(f"verified {result.checked} objects: {len(result.problems)} problems")
+    return EXIT_FAILED if result.problems else EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Archive a sample week from the built-in emulator: no credentials needed."""
     from archiver.demo import run_demo
@@ -147,6 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
     status_cmd.add_argument("--json", action="store_true", help="machine-readable output")
     _config_flags(status_cmd)
     status_cmd.set_defaults(handler=cmd_status)
+
+    verify_cmd = commands.add_parser(
+        "verify", help="re-read every archived object and compare it with the manifest"
+    )
+    _config_flags(verify_cmd)
+    verify_cmd.set_defaults(handler=cmd_verify)
 
     demo_cmd = commands.add_parser("demo", help="archive a sample week from the built-in emulator")
     demo_cmd.add_argument("--dir", default="./archive-demo", help="where to write (./archive-demo)")

@@ -167,7 +167,10 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        """Every object whose key starts with `prefix`, at any depth, sorted by key."""
+        """Every object whose key starts with `prefix`, at any depth, sorted by key.
+
+        Listing gives keys and sizes; etag and checksum only where they come free (S3).
+        """
 
     @abc.abstractmethod
     def download(self, key: str, path: Path) -> None:
@@ -421,9 +424,11 @@ class LocalStore(Store):
                     if not name.startswith(".") and (rel + name).startswith(prefix)
                 )
         for key in sorted(keys):
-            info = self.head(key)
-            if info is not None:  # not deleted since the walk
-                yield info
+            try:  # stat, not head(): listing must not read (and hash) every file
+                size = (self.root / key).stat().st_size
+            except FileNotFoundError:  # deleted since the walk
+                continue
+            yield ObjectInfo(key, size, None)
 
     def download(self, key: str, path: Path) -> None:
         """Copy the file."""

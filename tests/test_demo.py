@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -35,9 +36,11 @@ def test_demo_archives_a_sample_week_and_says_where(tmp_path: Path) -> None:
     assert "files: archive-demo/<kind>/date=YYYY-MM-DD/<window-start>.parquet" in lines
     root = tmp_path / "archive-demo"
     assert 14 == len(list(root.rglob("*.parquet")))
-    query = next(line for line in lines if "import duckdb" in line)
+    query = next(line for line in lines if "import duckdb" in line).strip()
+    assert query.startswith('python -c "import duckdb;')
+    query = query.replace("python", shlex.quote(sys.executable), 1)  # the venv's python
     shown = subprocess.run(  # noqa: S602 - the printed command, run as a user would
-        query.strip(), shell=True, cwd=tmp_path, capture_output=True, text=True, check=False
+        query, shell=True, cwd=tmp_path, capture_output=True, text=True, check=False
     )
     assert 0 == shown.returncode, shown.stderr
     assert 7 == shown.stdout.count(" 2000 ")  # one line per day, 2,000 PSTN calls each

@@ -210,13 +210,15 @@ def test_list_is_sorted_recursive_and_prefix_filtered(store: Store) -> None:
 
 
 def test_list_reports_what_head_reports(store: Store) -> None:
-    """Each listed object's key, size and etag are those head() gives."""
+    """Each listed object's key and size are those head() gives; its etag too where the
+    listing carries one (S3), never a wrong one."""
     store.put_bytes("a/1.json", b"one")
     store.put_bytes("a/2.json", b"two!")
     expected = [store.head("a/1.json"), store.head("a/2.json")]
-    assert [(i.key, i.size, i.etag) for i in expected if i] == [
-        (i.key, i.size, i.etag) for i in store.list("a/")
-    ]
+    listed = list(store.list("a/"))
+    assert [(i.key, i.size) for i in expected if i] == [(i.key, i.size) for i in listed]
+    for head, info in zip(expected, listed, strict=True):
+        assert info.etag in (None, head.etag if head else None)
 
 
 def test_list_skips_spool_files(store: Store) -> None:
