@@ -65,7 +65,8 @@ class Record:
     key: str | None = None
     rows: int | None = None
     bytes: int | None = None
-    sha256: str | None = None
+    sha256: str | None = None  # hex SHA-256 of the whole object, as written
+    checksum_sha256: str | None = None  # the store's own checksum (S3 x-amz-checksum-sha256)
     pages: int | None = None
     graph_version: str | None = None
     archiver_version: str | None = None

@@ -224,6 +224,7 @@ class Archiver:
             rows=written.rows,
             bytes=written.size,
             sha256=written.sha256,
+            checksum_sha256=info.checksum_sha256,
             pages=stats.pages,
             graph_version=self.config.graph_version,
             archiver_version=__version__,

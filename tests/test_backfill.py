@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import subprocess
@@ -11,6 +12,8 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import anyio
+import boto3
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -20,6 +23,8 @@ from archive_check import assert_archive_exact, read_local, read_s3, s3_keys
 from archiver.cli import main
 from archiver.emulator import Emulator, EmulatorConfig
 from archiver.kinds import Kind
+from archiver.manifest import Manifest
+from archiver.store import open_store
 
 START = datetime(2024, 3, 4, tzinfo=UTC)
 WEEK = START + timedelta(days=7)
@@ -81,6 +86,19 @@ def test_week_of_both_kinds_into_s3_is_exact(
         for d in range(4, 11)
     ]
     assert expected_keys == s3_keys(s3_destination, ".parquet")
+    # the manifest keeps both our SHA-256 and the checksum S3 stored and verified
+    manifest = Manifest(open_store(s3_destination))
+    anyio.run(manifest.load)
+    bucket, _, prefix = s3_destination.removeprefix("s3://").partition("/")
+    client = boto3.client("s3")
+    assert 14 == len(manifest.records)
+    for record in manifest.records.values():
+        assert record.sha256 is not None
+        expected = base64.b64encode(bytes.fromhex(record.sha256)).decode()
+        head = client.head_object(
+            Bucket=bucket, Key=f"{prefix}/{record.key}", ChecksumMode="ENABLED"
+        )
+        assert (expected, expected) == (record.checksum_sha256, head["ChecksumSHA256"])
 
 
 def test_boundary_rows_land_in_exactly_one_window(
