@@ -1,7 +1,8 @@
 """The `archiver` command: parses arguments, loads configuration, runs, sets the exit code.
 
 Exit codes: 0 all done; 1 some windows failed (the others are archived and
-recorded); 2 bad usage, configuration or destination — one line, no traceback.
+recorded); 2 bad usage, configuration or destination — one line, no traceback;
+130 a backfill stopped by SIGTERM/SIGINT before its range was done.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from archiver.pipeline import RunResult, backfill, open_destination
 from archiver.windows import parse_instant
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 130  # backfill stopped by SIGTERM/SIGINT before its range was done
 
 
 class _Parser(argparse.ArgumentParser):
@@ -90,6 +92,10 @@ def report(result: RunResult, destination: str) -> int:
         print(f"{result.not_closed} windows not closed yet: run again later")
     for window, error in result.failed:
         print(f"FAILED {window}: {error}")
+    if result.stopped:
+        left = result.planned - len(result.archived) - len(result.failed)
+        print(f"stopped by a signal with {left} windows not archived: run again to finish")
+        return EXIT_INTERRUPTED
     return EXIT_FAILED if result.failed else EXIT_OK
 
 

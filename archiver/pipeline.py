@@ -11,10 +11,12 @@ import collections
 import heapq
 import logging
 import os
+import signal
 import socket
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -47,6 +49,8 @@ class RunResult:
     archived: list[Record] = field(default_factory=list)
     failed: list[tuple[Window, str]] = field(default_factory=list)
     already: int = 0  # windows the manifest already had
+    planned: int = 0  # windows this run set out to archive
+    stopped: bool = False  # a signal stopped the run
     not_closed: int = 0  # windows that end in the future, left for later
     requests: int = 0  # Graph requests made
 
@@ -73,6 +77,18 @@ async def open_destination(config: Config) -> tuple[Store, Manifest]:
     manifest = Manifest(store)
     await manifest.load()
     return store, manifest
+
+
+@contextmanager
+def unwrapped() -> Iterator[None]:
+    """Let the single exception a task group collected through as itself, so callers
+    catch WindowError or StopRun rather than an ExceptionGroup."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
 
 
 def worker_id() -> str:
@@ -148,13 +164,11 @@ class Archiver:
                 return None
         lost = anyio.Event()
         try:
-            try:
+            with unwrapped():
                 async with anyio.create_task_group() as group:
                     group.start_soon(self._keep_lease, claim, lost, group.cancel_scope)
                     record = await self.archive(window, lost)
                     group.cancel_scope.cancel()
-            except BaseExceptionGroup as wrapped:  # the task group wraps what archive() raised
-                raise (wrapped.exceptions[0] if len(wrapped.exceptions) == 1 else wrapped) from None
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self.leases.release, claim)
@@ -268,15 +282,76 @@ class Archiver:
         )
 
 
+class Shutdown:
+    """SIGTERM/SIGINT: stop taking new windows, give the ones in flight `grace` seconds to
+    finish, then cancel them; a second signal cancels at once. Cancelled windows leave
+    nothing recorded: their spool files go, their claims are released."""
+
+    def __init__(self, grace: float) -> None:
+        self.grace = grace
+        self.requested = anyio.Event()
+        self.hard = False  # the grace time is over, or a second signal came
+        self._scopes: set[anyio.CancelScope] = set()  # the work that a hard stop cancels
+
+    @contextmanager
+    def work(self) -> Iterator[anyio.CancelScope]:
+        """A cancel scope for work that a hard stop cancels (already cancelled after one)."""
+        scope = anyio.CancelScope()
+        if self.hard:
+            scope.cancel()
+        self._scopes.add(scope)
+        try:
+            with scope:
+                yield scope
+        finally:
+            self._scopes.discard(scope)
+
+    def stop_now(self) -> None:
+        """Cancel the work in flight."""
+        self.hard = True
+        for scope in self._scopes:
+            scope.cancel()
+
+    def request(self, reason: str) -> None:
+        """Begin a graceful stop (also used by tests and by `run` between rounds)."""
+        if not self.requested.is_set():
+            log.warning(
+                "%s: finishing windows in flight (up to %gs), starting no new ones",
+                reason,
+                self.grace,
+            )
+            self.requested.set()
+
+    async def watch(self) -> None:
+        """Turn signals into a graceful, then a hard, stop; runs until cancelled."""
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with anyio.create_task_group() as group:
+                async for signum in signals:
+                    name = signal.Signals(signum).name
+                    if self.requested.is_set():
+                        log.warning("%s again: stopping now", name)
+                        self.stop_now()
+                    else:
+                        self.request(name)
+                        group.start_soon(self._expire)
+
+    async def _expire(self) -> None:
+        await anyio.sleep(self.grace)
+        log.warning("grace time over: abandoning the windows still in flight")
+        self.stop_now()
+
+
 class WindowQueue:
     """Windows still to archive, oldest first; a window another worker holds waits for
-    its lease to expire (it is then either done, or free to take over)."""
+    its lease to expire (it is then either done, or free to take over). Empty once a
+    stop is requested."""
 
     POLL = 2.0  # seconds: how often a window another worker holds is looked at again
 
-    def __init__(self, windows: Iterable[Window]) -> None:
+    def __init__(self, windows: Iterable[Window], shutdown: Shutdown) -> None:
         self._ready: collections.deque[Window] = collections.deque(windows)
         self._waiting: list[tuple[float, Window]] = []
+        self._shutdown = shutdown
 
     def defer(self, window: Window, until: float) -> None:
         """Look at `window` again at `until` (wall-clock seconds)."""
@@ -284,19 +359,29 @@ class WindowQueue:
 
     async def next(self) -> Window | None:
         """The next window to try, waiting for a held one if that is all there is; None
-        when nothing is left."""
+        when nothing is left or a stop was requested."""
+        if self._shutdown.requested.is_set():
+            return None
         if self._ready:
             return self._ready.popleft()
         if not self._waiting:
             return None
         until, window = heapq.heappop(self._waiting)
-        await anyio.sleep(max(0.0, until - time.time()))
-        return window
+        with anyio.move_on_after(max(0.0, until - time.time())):
+            await self._shutdown.requested.wait()
+        return None if self._shutdown.requested.is_set() else window
 
 
-async def run_windows(archiver: Archiver, windows: Iterable[Window], result: RunResult) -> None:
-    """Archive `windows` with `concurrency` workers; failures are recorded, StopRun re-raised."""
-    queue = WindowQueue(windows)
+async def run_windows(
+    archiver: Archiver,
+    windows: Iterable[Window],
+    result: RunResult,
+    shutdown: Shutdown,
+    on_done: Callable[[Record], None] | None = None,
+) -> None:
+    """Archive `windows` with `concurrency` workers until done or stopped; failures are
+    recorded, StopRun re-raised."""
+    queue = WindowQueue(windows, shutdown)
     stop: list[StopRun] = []
 
     async def worker(scope: anyio.CancelScope) -> None:
@@ -313,12 +398,37 @@ async def run_windows(archiver: Archiver, windows: Iterable[Window], result: Run
             else:
                 if record is not None:
                     result.archived.append(record)
+                    if on_done is not None:
+                        on_done(record)
 
-    async with anyio.create_task_group() as group:
-        for _ in range(archiver.config.concurrency):
-            group.start_soon(worker, group.cancel_scope)
+    with shutdown.work():
+        async with anyio.create_task_group() as group:
+            for _ in range(archiver.config.concurrency):
+                group.start_soon(worker, group.cancel_scope)
+    result.stopped = shutdown.requested.is_set()
     if stop:
         raise stop[0]
+
+
+@asynccontextmanager
+async def connect(config: Config, store: Store, manifest: Manifest) -> AsyncIterator[Archiver]:
+    """An Archiver with its Graph session, proven credentials, spool and leases.
+
+    The token comes first: bad credentials stop the run before anything is written.
+    """
+    async with open_session(config) as session:
+        tokens = TokenProvider(config)
+        await tokens.token()
+        graph = GraphClient(config, session, tokens, make_limiters(config))
+        await manifest.fix_window(config.window)
+        spool = await anyio.to_thread.run_sync(Spool, store.spool_dir())
+        leases = Leases(store, worker_id(), config.lease.total_seconds())
+        try:
+            yield Archiver(config, store, manifest, graph, spool, leases)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await manifest.compact()
+                await anyio.to_thread.run_sync(spool.close)
 
 
 async def backfill(
@@ -327,11 +437,12 @@ async def backfill(
     start: datetime,
     end: datetime,
     now: datetime | None = None,
+    on_done: Callable[[Record], None] | None = None,
 ) -> RunResult:
     """Archive every window of `kinds` covering [start, end) that is not archived yet.
 
-    Windows already archived cost no Graph request at all; nothing is written to
-    the destination before the credentials have been proven by a token.
+    Windows already archived cost no Graph request at all. SIGTERM/SIGINT stop it
+    gracefully (`result.stopped`).
     """
     store, manifest = await open_destination(config)
     manifest.check_window(config.window)
@@ -347,22 +458,18 @@ async def backfill(
             windows.append(window)
     if result.not_closed:
         log.warning("%d windows end in the future and were left for a later run", result.not_closed)
+    result.planned = len(windows)
     if not windows:
         return result
-    async with open_session(config) as session:
-        tokens = TokenProvider(config)
-        await tokens.token()  # bad credentials stop the run before anything is written
-        graph = GraphClient(config, session, tokens, make_limiters(config))
-        await manifest.fix_window(config.window)
-        await manifest.add_plan(kinds, start, end)
-        spool = await anyio.to_thread.run_sync(Spool, store.spool_dir())
-        leases = Leases(store, worker_id(), config.lease.total_seconds())
-        archiver = Archiver(config, store, manifest, graph, spool, leases)
-        try:
-            await run_windows(archiver, windows, result)
-        finally:
-            result.requests = graph.requests
-            with anyio.CancelScope(shield=True):
-                await manifest.compact()
-                await anyio.to_thread.run_sync(spool.close)
+    shutdown = Shutdown(config.grace.total_seconds())
+    async with connect(config, store, manifest) as archiver:
+        with unwrapped():
+            async with anyio.create_task_group() as group:
+                group.start_soon(shutdown.watch)
+                await manifest.add_plan(kinds, start, end)
+                try:
+                    await run_windows(archiver, windows, result, shutdown, on_done)
+                finally:
+                    result.requests = archiver.graph.requests
+                    group.cancel_scope.cancel()
     return result
