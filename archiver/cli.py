@@ -99,6 +99,16 @@ def report(result: RunResult, destination: str) -> int:
     return EXIT_FAILED if result.failed else EXIT_OK
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    """Keep the archive current until SIGTERM/SIGINT."""
+    from archiver.continuous import run_forever
+
+    config = _load(args)
+    config.require_credentials()
+    anyio.run(run_forever, config)
+    return EXIT_OK
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     """Print the manifest's summary per kind."""
     config = _load(args)
@@ -160,6 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _config_flags(backfill_cmd, "start")
     backfill_cmd.set_defaults(handler=cmd_backfill)
+
+    run_cmd = commands.add_parser("run", help="keep the archive current, until SIGTERM")
+    _config_flags(run_cmd)
+    run_cmd.set_defaults(handler=cmd_run)
 
     status_cmd = commands.add_parser("status", help="what the manifest says")
     status_cmd.add_argument("--json", action="store_true", help="machine-readable output")

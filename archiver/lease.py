@@ -77,8 +77,8 @@ class Leases:
             sort_keys=True,
         ).encode()
 
-    def claim(self, window: Window) -> tuple[Outcome, Claim | float | None]:
-        """Try to claim `window`.
+    def claim(self, window: Window, redo: bool = False) -> tuple[Outcome, Claim | float | None]:
+        """Try to claim `window`; `redo` claims a window that is already done (a re-archive).
 
         Returns (CLAIMED or TAKEN_OVER, Claim), (BUSY, expires_at) or (DONE, None).
         """
@@ -94,13 +94,15 @@ class Leases:
                 continue
             data, old_etag = current
             held = json.loads(data)
-            if held["state"] == "done":
+            if held["state"] == "done" and not redo:
                 return Outcome.DONE, None
-            if held["owner"] != self.owner and held["expires_at"] > self._clock():
+            live = held["state"] == "working" and held["expires_at"] > self._clock()
+            if live and held["owner"] != self.owner:
                 return Outcome.BUSY, float(held["expires_at"])
             etag = self.store.put_bytes_if_match(key, body, old_etag)
             if etag is not None:
-                return Outcome.TAKEN_OVER, Claim(window, etag, expires_at)
+                outcome = Outcome.CLAIMED if held["state"] == "done" else Outcome.TAKEN_OVER
+                return outcome, Claim(window, etag, expires_at)
         return Outcome.BUSY, self._clock() + 1.0
 
     def renew(self, claim: Claim) -> bool:

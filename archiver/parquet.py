@@ -44,7 +44,7 @@ class WindowWriter:
     def __init__(self, path: Path, schema: pa.Schema, metadata: dict[str, str]) -> None:
         self.path = path
         self.rows = 0
-        self._schema = schema
+        self.schema = schema
         self._metadata = {f"{META_PREFIX}{k}": v for k, v in metadata.items()}
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
@@ -68,7 +68,7 @@ class WindowWriter:
 
     def _flush(self) -> None:
         if self._pending:
-            table = pa.Table.from_batches(self._pending, schema=self._schema)
+            table = pa.Table.from_batches(self._pending, schema=self.schema)
             self._writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
             self._pending = []
             self._pending_rows = 0

@@ -19,16 +19,18 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import anyio
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from archiver import __version__
 from archiver.auth import TokenProvider
 from archiver.config import Config
-from archiver.errors import StopRun, WindowError
+from archiver.errors import RetryableError, StopRun, WindowError
 from archiver.graph import GraphClient, WindowStats, make_limiters, open_session
 from archiver.kinds import Kind
 from archiver.lease import Claim, Leases, Outcome
@@ -123,6 +125,30 @@ def select_rows(
     return batch.filter(pa.array(keep, pa.bool_()))
 
 
+def keep_unseen(path: Path, writer: WindowWriter, seen: set[str]) -> int:
+    """Write the rows of the Parquet file `path` whose id is not in `seen`; how many.
+
+    Read batch by batch and conformed to the current schema (a column an older file
+    lacks is null), so memory stays bounded and old archives merge with new ones.
+    """
+    schema = writer.schema
+    ids = pa.array(list(seen), pa.string())
+    kept = 0
+    with pq.ParquetFile(path) as file:
+        for batch in file.iter_batches(batch_size=65_536):
+            columns = [
+                batch.column(f.name).cast(f.type)
+                if f.name in batch.schema.names
+                else pa.nulls(batch.num_rows, f.type)
+                for f in schema
+            ]
+            conformed = pa.RecordBatch.from_arrays(columns, schema=schema)
+            unseen = conformed.filter(pc.invert(pc.is_in(conformed.column("id"), value_set=ids)))
+            writer.write(unseen)
+            kept += unseen.num_rows
+    return kept
+
+
 class Archiver:
     """Archives windows of one destination with one Graph client."""
 
@@ -148,7 +174,8 @@ class Archiver:
         A window another worker holds goes back to the queue until its lease expires;
         one that another worker archived meanwhile counts as already archived.
         """
-        outcome, detail = await anyio.to_thread.run_sync(self.leases.claim, window)
+        redo = self.manifest.is_done(window)  # a re-archive (run's re-sweep)
+        outcome, detail = await anyio.to_thread.run_sync(self.leases.claim, window, redo)
         if outcome is Outcome.BUSY:
             assert isinstance(detail, float)
             queue.defer(window, detail)
@@ -215,6 +242,7 @@ class Archiver:
             async for rows in self.graph.pages(window, stats):
                 batch = await anyio.to_thread.run_sync(select_rows, window.kind, rows, window, seen)
                 await anyio.to_thread.run_sync(writer.write, batch)
+            kept = await self._keep_previous(window, writer, seen)
             written: WrittenFile = await anyio.to_thread.run_sync(writer.close)
             if lost is not None and lost.is_set():
                 raise anyio.get_cancelled_exc_class()()
@@ -253,6 +281,7 @@ class Archiver:
                     "kind": window.kind.value,
                     "window": format_instant(window.start),
                     "rows": written.rows,
+                    "kept": kept,
                     "pages": stats.pages,
                     "retries": stats.retries,
                     "throttled": stats.throttled,
@@ -261,6 +290,29 @@ class Archiver:
             },
         )
         return record
+
+    async def _keep_previous(self, window: Window, writer: WindowWriter, seen: set[str]) -> int:
+        """Re-archiving: add the rows of the window's current object that this fetch did not
+        return, so the archive never loses a row it once held. Returns how many."""
+        record = self.manifest.get(window)
+        if record is None or record.state != State.DONE.value or not record.key:
+            return 0
+        previous = self.spool.path(f"{window.kind.value}-{window.name}-{uuid.uuid4().hex}.prev")
+        try:
+            try:
+                await anyio.to_thread.run_sync(self.store.download, record.key, previous)
+            except RetryableError:
+                raise
+            except WindowError:
+                if await anyio.to_thread.run_sync(self.store.head, record.key) is not None:
+                    raise
+                log.warning(
+                    "%s: its archived object %s is missing; archived anew", window, record.key
+                )
+                return 0
+            return await anyio.to_thread.run_sync(keep_unseen, previous, writer, seen)
+        finally:
+            previous.unlink(missing_ok=True)
 
     async def fail(self, window: Window, error: str) -> None:
         """Record that a window failed, with its error."""

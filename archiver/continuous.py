@@ -1,0 +1,171 @@
+"""`archiver run`: the container job that keeps the archive current, forever.
+
+Each round:
+1. archives every window that has been closed for `settle` and is not archived yet,
+   from `start` (default: as far back as Microsoft still serves the log);
+2. re-archives the windows younger than `resweep` whose last archive is older than
+   `resweep_interval`, merging by id, to catch rows that arrive late;
+3. sleeps — without a Graph request — until the next window has settled or the next
+   re-sweep is due.
+SIGTERM/SIGINT end it gracefully (exit 0). Windows older than Microsoft's retention
+are reported once and never fetched: Graph would only answer with nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import anyio
+
+from archiver.config import Config
+from archiver.kinds import Kind
+from archiver.manifest import Manifest, State
+from archiver.pipeline import (
+    Archiver,
+    RunResult,
+    Shutdown,
+    connect,
+    open_destination,
+    run_windows,
+    unwrapped,
+)
+from archiver.windows import Window, align_down, format_instant, parse_instant, plan
+
+log = logging.getLogger(__name__)
+
+RETENTION_WARNING = timedelta(days=14)  # warn when the backlog comes this close to retention
+MAX_SLEEP = timedelta(minutes=10)  # look again at least this often
+
+
+def retention_cutoff(kind: Kind, now: datetime) -> datetime:
+    """The oldest call start Microsoft still serves for `kind` (its default retention)."""
+    return now - timedelta(days=kind.retention_days)
+
+
+class Round:
+    """What one round of `run` should archive, worked out from the manifest and the clock."""
+
+    def __init__(self, config: Config, manifest: Manifest, now: datetime) -> None:
+        self.config = config
+        self.manifest = manifest
+        self.now = now
+
+    def first_window(self, kind: Kind) -> datetime:
+        """Where the archive of `kind` starts: `start`, or the retention cut-off."""
+        first = self.config.start or retention_cutoff(kind, self.now)
+        return align_down(first, self.config.window)
+
+    def due(self, kind: Kind) -> tuple[list[Window], list[Window]]:
+        """(windows to archive now, windows past retention that were never archived)."""
+        settled = self.now - self.config.settle
+        cutoff = retention_cutoff(kind, self.now)
+        due: list[Window] = []
+        lost: list[Window] = []
+        for window in plan([kind], self.first_window(kind), settled, self.config.window):
+            if window.end > settled or self.manifest.is_done(window):
+                continue
+            (lost if window.start < cutoff else due).append(window)
+        return due, lost
+
+    def resweep(self, kind: Kind) -> list[Window]:
+        """Archived windows young enough to gain late rows, not re-archived lately."""
+        young = self.now - self.config.resweep
+        stale = self.now - self.config.resweep_interval
+        windows = []
+        for window in plan(
+            [kind], max(young, self.first_window(kind)), self.now, self.config.window
+        ):
+            record = self.manifest.get(window)
+            if (
+                record is not None
+                and record.state == State.DONE.value
+                and window.end > young
+                and parse_instant(record.recorded_at) <= stale
+            ):
+                windows.append(window)
+        return windows
+
+    def next_wake(self) -> datetime:
+        """When the next window settles or the next re-sweep falls due."""
+        wake = align_down(self.now - self.config.settle, self.config.window)
+        wake += self.config.window + self.config.settle
+        young = self.now - self.config.resweep
+        for record in self.manifest.records.values():
+            if record.state == State.DONE.value and parse_instant(record.end) > young:
+                wake = min(wake, parse_instant(record.recorded_at) + self.config.resweep_interval)
+        return max(self.now, min(wake, self.now + MAX_SLEEP))
+
+
+async def run_forever(
+    config: Config,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    shutdown: Shutdown | None = None,
+) -> RunResult:
+    """Keep the archive current until a signal stops it; what the last round did."""
+    store, manifest = await open_destination(config)
+    manifest.check_window(config.window)
+    shutdown = shutdown or Shutdown(config.grace.total_seconds())
+    reported: set[Window] = set()  # windows past retention, reported once
+    result = RunResult()
+    async with connect(config, store, manifest) as archiver:
+        with unwrapped():
+            async with anyio.create_task_group() as group:
+                group.start_soon(shutdown.watch)
+                while not shutdown.requested.is_set():
+                    result = await one_round(
+                        archiver, Round(config, manifest, clock()), reported, shutdown
+                    )
+                    await manifest.compact()
+                    wake = Round(config, manifest, clock()).next_wake()
+                    seconds = (wake - clock()).total_seconds()
+                    log.info(
+                        "sleeping until %s",
+                        format_instant(wake),
+                        extra={"fields": {"seconds": round(seconds)}},
+                    )
+                    with anyio.move_on_after(max(0.0, seconds)):
+                        await shutdown.requested.wait()
+                group.cancel_scope.cancel()
+    log.info("stopped")
+    return result
+
+
+async def one_round(
+    archiver: Archiver, now: Round, reported: set[Window], shutdown: Shutdown
+) -> RunResult:
+    """Archive what is due and re-sweep what is young; log the round and retention margins."""
+    windows: list[Window] = []
+    for kind in Kind:
+        due, lost = now.due(kind)
+        fresh = [w for w in lost if w not in reported]
+        if fresh:
+            reported.update(fresh)
+            log.error(
+                "%d %s windows (%s .. %s) were never archived and are past Microsoft's "
+                "%d-day retention: they cannot be fetched any more",
+                len(fresh),
+                kind.value,
+                format_instant(fresh[0].start),
+                format_instant(fresh[-1].end),
+                kind.retention_days,
+            )
+        if due:
+            margin = due[0].start - retention_cutoff(kind, now.now)
+            if margin < RETENTION_WARNING:
+                log.warning(
+                    "%s backlog: the oldest window not yet archived (%s) leaves Microsoft's "
+                    "retention in %.1f days",
+                    kind.value,
+                    format_instant(due[0].start),
+                    margin / timedelta(days=1),
+                )
+        windows += due
+        windows += now.resweep(kind)
+    windows.sort(key=lambda w: (w.start, w.kind.value))
+    result = RunResult(planned=len(windows))
+    log.info("round: %d windows to archive", len(windows))
+    if windows:
+        await run_windows(archiver, windows, result, shutdown)
+    return result

@@ -1,0 +1,145 @@
+"""`archiver run`: the container job, against the emulator, stopped by SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import anyio
+import pyarrow.parquet as pq
+from archive_check import assert_archive_exact
+from test_backfill import archiver_env
+
+from archiver.emulator import Emulator, EmulatorConfig
+from archiver.kinds import Kind
+from archiver.manifest import Manifest, State
+from archiver.store import LocalStore
+from archiver.windows import Window, align_down, format_instant
+
+ROWS = {Kind.PSTN: 2400, Kind.DIRECT_ROUTING: 1200}  # 100 and 50 an hour
+HOUR = timedelta(hours=1)
+
+
+def wait_for(condition: Callable[[], bool], what: str, limit: float = 60) -> None:
+    """Poll until `condition` holds (a deadline, not a timing assertion)."""
+    deadline = time.monotonic() + limit
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.05)
+
+
+def done_windows(dest: Path) -> dict[Window, str]:
+    """The windows the manifest records as done, with their object keys."""
+    manifest = Manifest(LocalStore(dest))
+    anyio.run(manifest.load)
+    return {
+        Window(Kind(r.kind), datetime.fromisoformat(r.start), datetime.fromisoformat(r.end)): (
+            r.key or ""
+        )
+        for r in manifest.records.values()
+        if r.state == State.DONE.value
+    }
+
+
+def start_run(emu: Emulator, dest: Path, start: datetime, **extra: str) -> subprocess.Popen[str]:
+    """`archiver run` as its own process, as a container would run it."""
+    env = {
+        **os.environ,
+        **archiver_env(
+            emu,
+            dest,
+            ARCHIVER_WINDOW="1h",
+            ARCHIVER_SETTLE="1s",
+            ARCHIVER_START=format_instant(start),
+            ARCHIVER_GRACE="10s",
+            ARCHIVER_LEASE="5s",
+            **extra,
+        ),
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "archiver", "run"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_run_archives_closed_windows_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    """`run` archives every closed window since `start`, exits 0 soon after SIGTERM, and
+    leaves a consistent manifest and an exact archive."""
+    now = datetime.now(UTC)
+    start = align_down(now, HOUR) - 4 * HOUR
+    closed = [
+        Window(kind, start + i * HOUR, start + (i + 1) * HOUR) for i in range(4) for kind in Kind
+    ]
+    with Emulator(EmulatorConfig(rows_per_day=dict(ROWS))) as emu:
+        dest = tmp_path / "archive"
+        process = start_run(emu, dest, start)
+        try:
+            wait_for(lambda: set(closed) <= set(done_windows(dest)), "the closed windows")
+            process.send_signal(signal.SIGTERM)
+            _, err = process.communicate(timeout=15)  # well within the 10 s grace + exit
+        finally:
+            process.kill()
+        assert 0 == process.returncode, err
+        done = done_windows(dest)
+        for window, key in done.items():
+            table = pq.read_table(dest / key, partitioning=None)
+            truth = emu.rows(window.kind, window.start, window.end, version="v1.0")
+            assert_archive_exact(window.kind, table, truth)
+        verified = subprocess.run(
+            [sys.executable, "-m", "archiver", "verify", "--destination", str(dest)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert 0 == verified.returncode, verified.stdout
+    assert [] == [p for p in (dest / "_manifest" / "spool").rglob("*") if p.is_file()]
+    assert '"message": "stopped"' in err
+
+
+def test_resweep_adds_late_rows_and_never_drops_archived_ones(tmp_path: Path) -> None:
+    """A row Graph adds after the first archive of its window arrives with the re-sweep, and
+    rows Graph no longer returns stay in the archive."""
+    now = datetime.now(UTC)
+    start = align_down(now, HOUR) - 2 * HOUR
+    window = Window(Kind.PSTN, start, start + HOUR)
+    with Emulator(EmulatorConfig(rows_per_day=dict(ROWS))) as emu:
+        first = emu.rows(Kind.PSTN, window.start, window.end, version="v1.0")
+        dest = tmp_path / "archive"
+        process = start_run(emu, dest, start, ARCHIVER_RESWEEP_INTERVAL="1s")
+        try:
+            wait_for(lambda: window in done_windows(dest), "the first archive")
+            late = dict(
+                first[0],
+                id="late-row-0001",
+                startDateTime=format_instant(window.start + timedelta(minutes=30)),
+            )
+            emu.add_rows(Kind.PSTN, [late])
+            emu.config.seed = 99  # Graph now returns other rows for the window: keep ours too
+            second = emu.rows(Kind.PSTN, window.start, window.end, version="v1.0")
+            key = dest / done_windows(dest)[window]
+
+            def has_late_row() -> bool:
+                try:
+                    ids = pq.read_table(key, columns=["id"]).column("id").to_pylist()
+                except OSError:
+                    return False
+                return "late-row-0001" in ids
+
+            wait_for(has_late_row, "the re-sweep")
+            process.send_signal(signal.SIGTERM)
+            process.communicate(timeout=15)
+        finally:
+            process.kill()
+        assert 0 == process.returncode
+    table = pq.read_table(key, partitioning=None)
+    union = {row["id"]: row for row in first} | {row["id"]: row for row in second}
+    assert_archive_exact(Kind.PSTN, table, union.values())
