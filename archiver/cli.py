@@ -21,6 +21,7 @@ from archiver.config import PARSERS, SECRET_KEYS, Config, load
 from archiver.errors import ArchiverError, StopRun, UsageError
 from archiver.kinds import Kind
 from archiver.pipeline import RunResult, backfill, open_destination
+from archiver.progress import Progress
 from archiver.windows import parse_instant
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -77,7 +78,19 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(f"--kind: {exc}") from None
     config.require_credentials()
-    result = anyio.run(backfill, config, kinds, start, end)
+    progress = Progress()
+    try:
+        result = anyio.run(
+            backfill,
+            config,
+            kinds,
+            start,
+            end,
+            None,
+            lambda record, so_far: progress.update(record, so_far.planned),
+        )
+    finally:
+        progress.close()
     return report(result, config.destination)
 
 

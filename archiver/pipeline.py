@@ -429,7 +429,7 @@ async def run_windows(
     windows: Iterable[Window],
     result: RunResult,
     shutdown: Shutdown,
-    on_done: Callable[[Record], None] | None = None,
+    on_done: Callable[[Record, RunResult], None] | None = None,
 ) -> None:
     """Archive `windows` with `concurrency` workers until done or stopped; failures are
     recorded, StopRun re-raised."""
@@ -451,7 +451,7 @@ async def run_windows(
                 if record is not None:
                     result.archived.append(record)
                     if on_done is not None:
-                        on_done(record)
+                        on_done(record, result)
 
     with shutdown.work():
         async with anyio.create_task_group() as group:
@@ -489,7 +489,7 @@ async def backfill(
     start: datetime,
     end: datetime,
     now: datetime | None = None,
-    on_done: Callable[[Record], None] | None = None,
+    on_done: Callable[[Record, RunResult], None] | None = None,
 ) -> RunResult:
     """Archive every window of `kinds` covering [start, end) that is not archived yet.
 

@@ -248,3 +248,28 @@ def test_console_script_prints_no_traceback(tmp_path: Path) -> None:
     )
     assert (2, "", 1) == (done.returncode, done.stdout, len(done.stderr.splitlines()))
     assert done.stderr.startswith("archiver: --start: 'last week' is not a date or time")
+
+
+def test_progress_line_counts_windows_rows_and_estimates_the_rest() -> None:
+    """On a terminal, backfill redraws one line: windows done of planned, rows, and ETA."""
+    import io
+
+    from archiver.manifest import Record
+    from archiver.progress import Progress
+
+    now = [0.0]
+    out = io.StringIO()
+    progress = Progress(out, enabled=True, clock=lambda: now[0])
+    record = Record(kind="pstn", start="s", end="e", state="done", recorded_at="t", rows=1500)
+    now[0] = 30.0
+    progress.update(record, 10)
+    now[0] = 60.0
+    progress.update(record, 10)
+    progress.close()
+    assert (
+        "\r\033[K1/10 windows  1,500 rows  ETA 4m30s\r\033[K2/10 windows  3,000 rows  ETA 4m00s\n"
+        == (out.getvalue())
+    )
+    quiet = io.StringIO()
+    Progress(quiet, enabled=False).update(record, 10)
+    assert "" == quiet.getvalue()
