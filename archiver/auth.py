@@ -1,6 +1,7 @@
 """Bearer tokens for Graph from MSAL (client secret, certificate or federated token).
 
-MSAL blocks, so every call runs in a worker thread. MSAL caches the token itself
+MSAL blocks, so every call runs in a worker thread — building its app too, which
+fetches the authority's OIDC document. MSAL caches the token itself
 and refreshes it about five minutes before it expires; `refresh()` drops the cache
 after Graph answered 401. msal and requests exceptions are translated here.
 """
@@ -14,6 +15,9 @@ from urllib.parse import urlsplit
 import anyio
 import msal
 import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from archiver.config import Config
 from archiver.errors import RetryableError, StopRun, UsageError
@@ -42,7 +46,7 @@ class _VerifyingSession(requests.Session):
         super().__init__()
         self._ca_bundle = str(ca_bundle)
 
-    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
+    def request(self, method: str, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
         kwargs.setdefault("verify", self._ca_bundle)
         return super().request(method, url, *args, **kwargs)
 
@@ -52,12 +56,14 @@ def _credential(config: Config) -> Any:
     if config.client_secret:
         return config.client_secret
     if config.client_certificate:
-        pem = config.client_certificate.read_text()
-        if "PRIVATE KEY" not in pem or "CERTIFICATE" not in pem:
+        try:
+            pem = config.client_certificate.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
             raise UsageError(
-                f"configuration: client_certificate {config.client_certificate} must hold "
-                "both the certificate and its private key (PEM)"
-            )
+                f"configuration: client_certificate {config.client_certificate}: cannot read: "
+                f"{getattr(exc, 'strerror', None) or 'not a PEM text file'}"
+            ) from None
+        _check_certificate(config.client_certificate, pem)
         # With public_certificate and no thumbprint, MSAL signs PS256 with x5t#S256.
         return {"private_key": pem, "public_certificate": pem}
     token_file = config.federated_token_file
@@ -70,43 +76,85 @@ def _credential(config: Config) -> Any:
     return {"client_assertion": assertion}
 
 
+def _check_certificate(path: Path, pem: str) -> None:
+    """Raise UsageError unless `pem` holds an unencrypted RSA key and, first, its certificate.
+
+    MSAL would only find out when it signs the first assertion, with a bare TypeError.
+    """
+
+    def refuse(why: str) -> UsageError:
+        return UsageError(f"configuration: client_certificate {path}: {why}")
+
+    if "PRIVATE KEY" not in pem or "CERTIFICATE" not in pem:
+        raise refuse("must hold both the certificate and its private key (PEM)")
+    try:
+        key = serialization.load_pem_private_key(pem.encode(), password=None)
+    except TypeError:
+        raise refuse("the private key is encrypted: store it unencrypted") from None
+    except ValueError:
+        raise refuse("the private key cannot be read") from None
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise refuse("the private key is not an RSA key")
+    try:
+        public = x509.load_pem_x509_certificate(pem.encode()).public_key()
+    except ValueError:
+        raise refuse("the certificate cannot be read") from None
+    if not (
+        isinstance(public, rsa.RSAPublicKey)
+        and public.public_numbers() == key.public_key().public_numbers()
+    ):
+        raise refuse("the (first) certificate does not belong to the private key")
+
+
 class TokenProvider:
     """Hands out Graph bearer tokens for one tenant and client."""
 
     def __init__(self, config: Config) -> None:
         config.require_credentials()
-        self._scope = f"{config.graph_url}/.default"
-        authority = f"{config.authority_host}/{config.tenant_id}"
-        host = urlsplit(config.authority_host).hostname or ""
-        http_client = _VerifyingSession(config.ca_bundle) if config.ca_bundle else None
-        try:
-            self._app = msal.ConfidentialClientApplication(
-                config.client_id,
-                client_credential=_credential(config),
-                authority=authority,
-                instance_discovery=host in MICROSOFT_LOGIN_HOSTS,
-                http_client=http_client,
-            )
-        except ValueError as exc:  # MSAL validates the authority and credential eagerly
-            raise UsageError(f"configuration: {exc}") from None
-        except requests.RequestException as exc:
-            raise UsageError(f"cannot reach the token authority {authority}: {exc}") from None
+        self._config = config
+        self._credential = _credential(config)  # local checks now, before any request
+        self._app: msal.ConfidentialClientApplication | None = None  # built in a thread
         self._lock = anyio.Lock()
 
     async def token(self) -> str:
         """A valid access token; MSAL serves it from its cache while it is fresh."""
         async with self._lock:  # one thread fetches; the others then hit the cache
-            return await anyio.to_thread.run_sync(self._acquire)
+            return await anyio.to_thread.run_sync(self._acquire, False)
 
     async def refresh(self) -> str:
         """Forget cached tokens and fetch a new one (after Graph answered 401)."""
         async with self._lock:
-            self._app.remove_tokens_for_client()
-            return await anyio.to_thread.run_sync(self._acquire)
+            return await anyio.to_thread.run_sync(self._acquire, True)
 
-    def _acquire(self) -> str:
+    def _client(self) -> msal.ConfidentialClientApplication:
+        """MSAL's app, built on first use: building it fetches the authority's OIDC document."""
+        if self._app is None:
+            config = self._config
+            authority = f"{config.authority_host}/{config.tenant_id}"
+            host = urlsplit(config.authority_host).hostname or ""
+            http_client = _VerifyingSession(config.ca_bundle) if config.ca_bundle else None
+            try:
+                self._app = msal.ConfidentialClientApplication(
+                    config.client_id,
+                    client_credential=self._credential,
+                    authority=authority,
+                    instance_discovery=host in MICROSOFT_LOGIN_HOSTS,
+                    http_client=http_client,
+                )
+            except ValueError as exc:  # MSAL validates the authority and credential eagerly
+                raise UsageError(f"configuration: {exc}") from None
+            except requests.RequestException as exc:
+                raise UsageError(f"cannot reach the token authority {authority}: {exc}") from None
+        return self._app
+
+    def _acquire(self, forget: bool) -> str:
+        """In a worker thread: a token from MSAL's cache or the token endpoint."""
+        app = self._client()
+        if forget:
+            app.remove_tokens_for_client()
+        scope = f"{self._config.graph_url}/.default"
         try:
-            result = self._app.acquire_token_for_client(scopes=[self._scope])
+            result = app.acquire_token_for_client(scopes=[scope])
         except requests.RequestException as exc:
             raise RetryableError(f"token endpoint unreachable: {type(exc).__name__}") from None
         except OSError as exc:  # e.g. the federated token file vanished

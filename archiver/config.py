@@ -8,6 +8,7 @@ turns that into a one-line `UsageError` that names the key and where it came fro
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Callable, Mapping
@@ -26,6 +27,10 @@ CLOUDS: dict[str, tuple[str, str]] = {
     "usgov": ("https://login.microsoftonline.us", "https://graph.microsoft.us"),
     "dod": ("https://login.microsoftonline.us", "https://dod-graph.microsoft.us"),
 }
+
+
+ALL_INTERFACES = "0.0.0.0"  # noqa: S104 - the metrics port must be reachable in a container
+DERIVED_KEYS = frozenset({"metrics_host"})  # Config fields set by another key's parser
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,7 @@ class Config:
     grace: timedelta = timedelta(seconds=25)
     lease: timedelta = timedelta(minutes=2)
     metrics_port: int | None = None
+    metrics_host: str = ALL_INTERFACES  # derived from metrics_port ("host:port"), not a key
     log_format: str = "auto"
     sse: str | None = None
     sse_kms_key_id: str | None = None
@@ -121,6 +127,27 @@ def _port(value: Any) -> int:
     return int(number)
 
 
+def _listen(value: Any) -> tuple[str, int]:
+    """`9464`, `host:9464` or `[IPv6]:9464` as (host, port); the host defaults to all interfaces."""
+    if isinstance(value, int):
+        return ALL_INTERFACES, _port(value)
+    text = _text(value)
+    host, _, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{text!r}: {host!r} is not an IPv6 address") from None
+    elif ":" in host:
+        raise ValueError(f"{text!r}: write an IPv6 address in brackets, as [::1]:9464")
+    try:
+        number = _port(port)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a port, host:port or [IPv6]:port") from None
+    return host or ALL_INTERFACES, number
+
+
 def _url(value: Any) -> str:
     text = _text(value).rstrip("/")
     parts = urlsplit(text)
@@ -184,7 +211,7 @@ PARSERS: dict[str, Callable[[Any], Any]] = {
     "resweep_interval": _duration,
     "grace": _duration,
     "lease": _duration,
-    "metrics_port": _port,
+    "metrics_port": _listen,  # load() splits its (host, port) into metrics_host, metrics_port
     "log_format": _choice("auto", "text", "json"),
     "sse": _optional_choice("AES256", "aws:kms"),
     "sse_kms_key_id": _text,
@@ -202,7 +229,7 @@ ENV_NAMES: dict[str, tuple[str, ...]] = {key: (f"ARCHIVER_{key.upper()}",) for k
 
 SECRET_KEYS = frozenset({"client_secret"})
 
-assert set(PARSERS) == {f.name for f in fields(Config)}, "every Config field needs a parser"
+assert set(PARSERS) == {f.name for f in fields(Config)} - DERIVED_KEYS, "every key needs a parser"
 
 
 def load(
@@ -236,6 +263,8 @@ def load(
             values[key] = PARSERS[key](value)
         except ValueError as exc:
             raise UsageError(f"configuration: {key} {source}: {exc}") from None
+    if "metrics_port" in values:
+        values["metrics_host"], values["metrics_port"] = values["metrics_port"]
     cloud = values.get("cloud", "global")
     authority, graph = CLOUDS[cloud]
     values.setdefault("authority_host", authority)

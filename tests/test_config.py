@@ -107,3 +107,51 @@ def test_secret_never_appears_in_repr() -> None:
     config = load({}, {"ARCHIVER_CLIENT_SECRET": "s3cr3t-value"})
     assert "s3cr3t-value" == config.client_secret
     assert "s3cr3t-value" not in repr(config)
+
+
+ALL_INTERFACES = "0.0.0.0"  # noqa: S104 - the default: every interface of the container
+
+
+@pytest.mark.parametrize(
+    ("value", "host", "port"),
+    [
+        ("9464", ALL_INTERFACES, 9464),
+        ("127.0.0.1:9464", "127.0.0.1", 9464),
+        ("[::1]:9465", "::1", 9465),
+        (":9466", ALL_INTERFACES, 9466),
+    ],
+)
+def test_metrics_port_takes_a_port_or_host_and_port(value: str, host: str, port: int) -> None:
+    """metrics_port is a port (all interfaces) or host:port, with IPv6 hosts in brackets."""
+    config = load({}, {"ARCHIVER_METRICS_PORT": value})
+    assert (host, port) == (config.metrics_host, config.metrics_port)
+
+
+def test_metrics_port_from_the_file_is_a_number_and_host_is_no_key(tmp_path: Path) -> None:
+    """A TOML integer is a port; metrics_host is derived, so the file cannot set it."""
+    toml = tmp_path / "m.toml"
+    toml.write_text("metrics_port = 9464\n")
+    config = load({}, {}, str(toml))
+    assert (ALL_INTERFACES, 9464) == (config.metrics_host, config.metrics_port)
+    assert (None, ALL_INTERFACES) == (Config().metrics_port, Config().metrics_host)
+    toml.write_text('metrics_host = "127.0.0.1"\n')
+    with pytest.raises(UsageError) as caught:
+        load({}, {}, str(toml))
+    assert f"configuration: unknown key 'metrics_host' in {toml}" == str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ("::1:9464", "'::1:9464': write an IPv6 address in brackets, as [::1]:9464"),
+        ("[10.0.0.1]:9464", "'[10.0.0.1]:9464': '10.0.0.1' is not an IPv6 address"),
+        ("127.0.0.1:http", "'127.0.0.1:http' is not a port, host:port or [IPv6]:port"),
+        ("70000", "'70000' is not a port, host:port or [IPv6]:port"),
+        ("0", "'0' is not a port, host:port or [IPv6]:port"),
+    ],
+)
+def test_bad_metrics_port_is_one_line_naming_the_key(value: str, why: str) -> None:
+    """A bad metrics_port is refused in one line that names the key, its source and the value."""
+    with pytest.raises(UsageError) as caught:
+        load({"metrics_port": value}, {})
+    assert f"configuration: metrics_port from --metrics-port: {why}" == str(caught.value)
