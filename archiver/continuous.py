@@ -22,6 +22,7 @@ import anyio
 from archiver.config import Config
 from archiver.kinds import Kind
 from archiver.manifest import Manifest, State
+from archiver.metrics import Metrics, serving
 from archiver.pipeline import (
     Archiver,
     RunResult,
@@ -109,25 +110,32 @@ async def run_forever(
     shutdown = shutdown or Shutdown(config.grace.total_seconds())
     reported: set[Window] = set()  # windows past retention, reported once
     result = RunResult()
-    async with connect(config, store, manifest) as archiver:
-        with unwrapped():
-            async with anyio.create_task_group() as group:
-                group.start_soon(shutdown.watch)
-                while not shutdown.requested.is_set():
-                    result = await one_round(
-                        archiver, Round(config, manifest, clock()), reported, shutdown
-                    )
-                    await manifest.compact()
-                    wake = Round(config, manifest, clock()).next_wake()
-                    seconds = (wake - clock()).total_seconds()
-                    log.info(
-                        "sleeping until %s",
-                        format_instant(wake),
-                        extra={"fields": {"seconds": round(seconds)}},
-                    )
-                    with anyio.move_on_after(max(0.0, seconds)):
-                        await shutdown.requested.wait()
-                group.cancel_scope.cancel()
+    metrics = Metrics()
+    connected = anyio.Event()
+    with unwrapped():
+        async with (
+            serving(metrics, config.metrics_host, config.metrics_port, connected.is_set),
+            connect(config, store, manifest, metrics) as archiver,
+            anyio.create_task_group() as group,
+        ):
+            connected.set()
+            group.start_soon(shutdown.watch)
+            while not shutdown.requested.is_set():
+                result = await one_round(
+                    archiver, Round(config, manifest, clock()), reported, shutdown
+                )
+                await manifest.compact()
+                archiver.show_manifest()
+                wake = Round(config, manifest, clock()).next_wake()
+                seconds = (wake - clock()).total_seconds()
+                log.info(
+                    "sleeping until %s",
+                    format_instant(wake),
+                    extra={"fields": {"seconds": round(seconds)}},
+                )
+                with anyio.move_on_after(max(0.0, seconds)):
+                    await shutdown.requested.wait()
+            group.cancel_scope.cancel()
     log.info("stopped")
     return result
 
@@ -161,6 +169,7 @@ async def one_round(
                     format_instant(due[0].start),
                     margin / timedelta(days=1),
                 )
+        archiver.metrics.set_oldest_pending(kind, due[0].start if due else None)
         windows += due
         windows += now.resweep(kind)
     windows.sort(key=lambda w: (w.start, w.kind.value))

@@ -28,7 +28,14 @@ class StopRun(ArchiverError):
 
 
 class WindowError(ArchiverError):
-    """Raised when one window cannot be archived; the run goes on with the others."""
+    """Raised when one window cannot be archived; the run goes on with the others.
+
+    `status` is the HTTP status Graph answered, when the failure was an answer.
+    """
+
+    def __init__(self, message: str, status: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class RetryableError(WindowError):
@@ -39,7 +46,7 @@ class ThrottledError(RetryableError):
     """Raised when Graph answers 429; `retry_after` is its Retry-After in seconds, if given."""
 
     def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
+        super().__init__(message, status="429")
         self.retry_after = retry_after
 
 

@@ -26,6 +26,7 @@ from archiver.auth import TokenProvider
 from archiver.config import Config
 from archiver.errors import AuthExpiredError, RetryableError, StopRun, ThrottledError, WindowError
 from archiver.kinds import Kind
+from archiver.metrics import Metrics
 from archiver.ratelimit import Gate, Limiter, Pacer, Sleep, backoff
 from archiver.windows import Window, format_instant
 
@@ -145,8 +146,10 @@ class GraphClient:
         limiters: dict[Kind, Limiter],
         sleep: Sleep = anyio.sleep,
         max_attempts: int = MAX_ATTEMPTS,
+        metrics: Metrics | None = None,
     ) -> None:
         self._config = config
+        self._metrics = metrics or Metrics()
         self._session = session
         self._tokens = tokens
         self._limiters = limiters
@@ -185,11 +188,13 @@ class GraphClient:
     async def _get(self, window: Window, url: str, stats: WindowStats) -> dict[str, Any]:
         """One page, retried with backoff; the answer's Verdict decides what happens."""
         limiter = self._limiters[window.kind]
+        kind = window.kind.value
         refreshed = False
         last: Exception | None = None
         for attempt in range(1, self._max_attempts + 1):
             if attempt > 1:
                 stats.retries += 1
+                self._metrics.retries.labels(kind).inc()
             token = await self._tokens.token()  # before the slot: its thread hop adds jitter
             await limiter.acquire()
             sent_at = time.monotonic()
@@ -198,24 +203,33 @@ class GraphClient:
             try:
                 page = await self._request(url, token)
                 limiter.succeeded()
+                self._count(kind, "200")
                 return page
             except ThrottledError as exc:
+                self._count(kind, "429")
+                self._metrics.throttled.labels(kind).inc()
                 stats.throttled += 1
                 limiter.throttled(exc.retry_after, attempt, sent_at)
                 last = exc
             except AuthExpiredError as exc:
+                self._count(kind, "401")
                 if refreshed:
                     raise WindowError(f"{window}: {exc} (again after a fresh token)") from exc
                 refreshed = True
                 await self._tokens.refresh()
                 last = exc
             except RetryableError as exc:
+                self._count(kind, exc.status or "error")
                 last = exc
                 if attempt < self._max_attempts:
                     await self._sleep(backoff(attempt))
             except WindowError as exc:
+                self._count(kind, exc.status or "error")
                 raise WindowError(f"{window}: {exc}") from exc
         raise WindowError(f"{window}: gave up after {self._max_attempts} attempts: {last}")
+
+    def _count(self, kind: str, status: str) -> None:
+        self._metrics.requests.labels(kind, status).inc()
 
     async def _request(self, url: str, token: str) -> dict[str, Any]:
         """Send one GET; return the parsed page or raise the error its Verdict calls for."""
@@ -244,8 +258,8 @@ class GraphClient:
         if verdict is Verdict.STOP:
             raise StopRun(f"{message} — {PERMISSION_HINT}")
         if verdict is Verdict.RETRY:
-            raise RetryableError(message)
-        raise WindowError(message)
+            raise RetryableError(message, status=str(status))
+        raise WindowError(message, status=str(status))
 
 
 def _parse_page(body: bytes) -> dict[str, Any]:

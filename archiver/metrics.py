@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from datetime import datetime
 
 import anyio
@@ -181,3 +182,19 @@ async def serve_metrics(
     finally:
         with anyio.CancelScope(shield=True):
             await runner.cleanup()
+
+
+@asynccontextmanager
+async def serving(
+    metrics: Metrics, host: str, port: int | None, ready: Callable[[], bool]
+) -> AsyncIterator[int | None]:
+    """Serve the metrics while the block runs (nothing when `port` is None); yields the port."""
+    if port is None:
+        yield None
+        return
+    async with anyio.create_task_group() as group:
+        bound = await group.start(serve_metrics, metrics, host, port, ready)
+        try:
+            yield bound
+        finally:
+            group.cancel_scope.cancel()

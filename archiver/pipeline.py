@@ -35,11 +35,12 @@ from archiver.graph import GraphClient, WindowStats, make_limiters, open_session
 from archiver.kinds import Kind
 from archiver.lease import Claim, Leases, Outcome
 from archiver.manifest import Manifest, Record, State, now_iso
+from archiver.metrics import Metrics, serving
 from archiver.parquet import WindowWriter, WrittenFile
 from archiver.schema import rows_to_batch, schema_for
 from archiver.spool import Spool
 from archiver.store import Store, StoreOptions, open_store
-from archiver.windows import Window, format_instant, plan
+from archiver.windows import Window, format_instant, parse_instant, plan
 
 log = logging.getLogger(__name__)
 
@@ -160,8 +161,11 @@ class Archiver:
         graph: GraphClient,
         spool: Spool,
         leases: Leases,
+        metrics: Metrics,
     ) -> None:
         self.config = config
+        self.metrics = metrics
+        self._newest: dict[str, float] = {}  # per kind: end of the newest archived window
         self.store = store
         self.manifest = manifest
         self.graph = graph
@@ -273,6 +277,7 @@ class Archiver:
             started_at=started_at,
         )
         await self.manifest.record(record)
+        self.count(record, stats)
         log.info(
             "archived %s",
             window,
@@ -290,6 +295,29 @@ class Archiver:
             },
         )
         return record
+
+    def count(self, record: Record, stats: WindowStats) -> None:
+        """Move the metrics for one archived window."""
+        kind = record.kind
+        self.metrics.rows.labels(kind).inc(record.rows or 0)
+        self.metrics.pages.labels(kind).inc(stats.pages)
+        self.metrics.last_success.labels(kind).set(time.time())
+        end = parse_instant(record.end).timestamp()
+        self._newest[kind] = max(self._newest.get(kind, 0.0), end)
+        self.metrics.newest_window_end.labels(kind).set(self._newest[kind])
+
+    def show_manifest(self) -> None:
+        """Set the per-state window gauges and newest window from the manifest."""
+        for kind, summary in self.manifest.summary().items():
+            for state in ("done", "failed", "pending"):
+                self.metrics.windows.labels(kind, state).set(summary[state])
+            if summary["newest_window"]:
+                end = parse_instant(summary["newest_window"]).timestamp()
+                self._newest[kind] = max(self._newest.get(kind, 0.0), end)
+                self.metrics.newest_window_end.labels(kind).set(self._newest[kind])
+            if summary["last_success"]:
+                when = parse_instant(summary["last_success"]).timestamp()
+                self.metrics.last_success.labels(kind).set(when)
 
     async def _keep_previous(self, window: Window, writer: WindowWriter, seen: set[str]) -> int:
         """Re-archiving: add the rows of the window's current object that this fetch did not
@@ -463,20 +491,23 @@ async def run_windows(
 
 
 @asynccontextmanager
-async def connect(config: Config, store: Store, manifest: Manifest) -> AsyncIterator[Archiver]:
+async def connect(
+    config: Config, store: Store, manifest: Manifest, metrics: Metrics | None = None
+) -> AsyncIterator[Archiver]:
     """An Archiver with its Graph session, proven credentials, spool and leases.
 
     The token comes first: bad credentials stop the run before anything is written.
     """
+    metrics = metrics or Metrics()
     async with open_session(config) as session:
         tokens = TokenProvider(config)
         await tokens.token()
-        graph = GraphClient(config, session, tokens, make_limiters(config))
+        graph = GraphClient(config, session, tokens, make_limiters(config), metrics=metrics)
         await manifest.fix_window(config.window)
         spool = await anyio.to_thread.run_sync(Spool, store.spool_dir())
         leases = Leases(store, worker_id(), config.lease.total_seconds())
         try:
-            yield Archiver(config, store, manifest, graph, spool, leases)
+            yield Archiver(config, store, manifest, graph, spool, leases, metrics)
         finally:
             with anyio.CancelScope(shield=True):
                 await manifest.compact()
@@ -514,14 +545,21 @@ async def backfill(
     if not windows:
         return result
     shutdown = Shutdown(config.grace.total_seconds())
-    async with connect(config, store, manifest) as archiver:
-        with unwrapped():
-            async with anyio.create_task_group() as group:
-                group.start_soon(shutdown.watch)
-                await manifest.add_plan(kinds, start, end)
-                try:
-                    await run_windows(archiver, windows, result, shutdown, on_done)
-                finally:
-                    result.requests = archiver.graph.requests
-                    group.cancel_scope.cancel()
+    metrics = Metrics()
+    connected = anyio.Event()
+    with unwrapped():
+        async with (
+            serving(metrics, config.metrics_host, config.metrics_port, connected.is_set),
+            connect(config, store, manifest, metrics) as archiver,
+            anyio.create_task_group() as group,
+        ):
+            connected.set()
+            group.start_soon(shutdown.watch)
+            await manifest.add_plan(kinds, start, end)
+            archiver.show_manifest()
+            try:
+                await run_windows(archiver, windows, result, shutdown, on_done)
+            finally:
+                result.requests = archiver.graph.requests
+                group.cancel_scope.cancel()
     return result

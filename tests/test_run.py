@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -47,6 +49,29 @@ def done_windows(dest: Path) -> dict[Window, str]:
     }
 
 
+def free_port() -> int:
+    """A free loopback port."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def get(port: int, path: str) -> tuple[str, str]:
+    """(status, body) of a GET on the metrics port."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
+        return str(answer.status), answer.read().decode()
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The metrics port's samples, by name and labels."""
+    samples = {}
+    for line in get(port, "/metrics")[1].splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
 def start_run(emu: Emulator, dest: Path, start: datetime, **extra: str) -> subprocess.Popen[str]:
     """`archiver run` as its own process, as a container would run it."""
     env = {
@@ -79,17 +104,28 @@ def test_run_archives_closed_windows_and_stops_cleanly_on_sigterm(tmp_path: Path
     closed = [
         Window(kind, start + i * HOUR, start + (i + 1) * HOUR) for i in range(4) for kind in Kind
     ]
+    port = free_port()
     with Emulator(EmulatorConfig(rows_per_day=dict(ROWS))) as emu:
         dest = tmp_path / "archive"
-        process = start_run(emu, dest, start)
+        process = start_run(emu, dest, start, ARCHIVER_METRICS_PORT=f"127.0.0.1:{port}")
         try:
             wait_for(lambda: set(closed) <= set(done_windows(dest)), "the closed windows")
+            metrics = scrape(port)
+            assert ("200", "ready") == (get(port, "/healthz")[0], get(port, "/readyz")[1])
             process.send_signal(signal.SIGTERM)
             _, err = process.communicate(timeout=15)  # well within the 10 s grace + exit
         finally:
             process.kill()
         assert 0 == process.returncode, err
         done = done_windows(dest)
+        for kind in Kind:  # the counters moved with what was archived by the scrape
+            rows = {w: len(emu.rows(kind, w.start, w.end)) for w in done if w.kind is kind}
+            counted = metrics[f'archiver_rows_total{{kind="{kind.value}"}}']
+            assert sum(rows[w] for w in closed if w.kind is kind) <= counted <= sum(rows.values())
+            assert (
+                metrics[f'archiver_graph_requests_total{{kind="{kind.value}",status="200"}}'] >= 4
+            )
+            assert metrics[f'archiver_windows{{kind="{kind.value}",state="done"}}'] >= 0
         for window, key in done.items():
             table = pq.read_table(dest / key, partitioning=None)
             truth = emu.rows(window.kind, window.start, window.end, version="v1.0")
