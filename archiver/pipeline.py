@@ -126,6 +126,15 @@ def select_rows(
     return batch.filter(pa.array(keep, pa.bool_()))
 
 
+def write_page(
+    writer: WindowWriter, rows: list[dict[str, Any]], window: Window, seen: set[str]
+) -> None:
+    """Type one page, keep what belongs to the window, write it: one worker-thread hop
+    per page. The parsed rows are freed here too, not on the event loop."""
+    writer.write(select_rows(window.kind, rows, window, seen))
+    rows.clear()
+
+
 def keep_unseen(path: Path, writer: WindowWriter, seen: set[str]) -> int:
     """Write the rows of the Parquet file `path` whose id is not in `seen`; how many.
 
@@ -244,8 +253,7 @@ class Archiver:
         try:
             seen: set[str] = set()
             async for rows in self.graph.pages(window, stats):
-                batch = await anyio.to_thread.run_sync(select_rows, window.kind, rows, window, seen)
-                await anyio.to_thread.run_sync(writer.write, batch)
+                await anyio.to_thread.run_sync(write_page, writer, rows, window, seen)
             kept = await self._keep_previous(window, writer, seen)
             written: WrittenFile = await anyio.to_thread.run_sync(writer.close)
             if lost is not None and lost.is_set():
