@@ -67,7 +67,7 @@ class Round:
         for window in plan([kind], self.first_window(kind), settled, self.config.window):
             if window.end > settled or self.manifest.is_done(window):
                 continue
-            (lost if window.start < cutoff else due).append(window)
+            (lost if window.end <= cutoff else due).append(window)  # partly served: take it
         return due, lost
 
     def resweep(self, kind: Kind) -> list[Window]:
@@ -140,10 +140,9 @@ async def run_forever(
     return result
 
 
-async def one_round(
-    archiver: Archiver, now: Round, reported: set[Window], shutdown: Shutdown
-) -> RunResult:
-    """Archive what is due and re-sweep what is young; log the round and retention margins."""
+def plan_round(now: Round, reported: set[Window], metrics: Metrics) -> list[Window]:
+    """What a round archives, oldest first; logs windows lost to retention (once each)
+    and a backlog close to retention (every round), and sets the retention margins."""
     windows: list[Window] = []
     for kind in Kind:
         due, lost = now.due(kind)
@@ -163,16 +162,24 @@ async def one_round(
             margin = due[0].start - retention_cutoff(kind, now.now)
             if margin < RETENTION_WARNING:
                 log.warning(
-                    "%s backlog: the oldest window not yet archived (%s) leaves Microsoft's "
-                    "retention in %.1f days",
+                    "%s backlog: the oldest window not yet archived (%s) is %.1f days from "
+                    "Microsoft's retention cut-off",
                     kind.value,
                     format_instant(due[0].start),
                     margin / timedelta(days=1),
                 )
-        archiver.metrics.set_oldest_pending(kind, due[0].start if due else None)
+        metrics.set_oldest_pending(kind, due[0].start if due else None)
         windows += due
         windows += now.resweep(kind)
     windows.sort(key=lambda w: (w.start, w.kind.value))
+    return windows
+
+
+async def one_round(
+    archiver: Archiver, now: Round, reported: set[Window], shutdown: Shutdown
+) -> RunResult:
+    """Archive what is due and re-sweep what is young."""
+    windows = plan_round(now, reported, archiver.metrics)
     result = RunResult(planned=len(windows))
     log.info("round: %d windows to archive", len(windows))
     if windows:

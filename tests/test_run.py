@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -15,12 +16,14 @@ from pathlib import Path
 
 import anyio
 import pyarrow.parquet as pq
+import pytest
 from archive_check import assert_archive_exact
 from test_backfill import archiver_env
 
 from archiver.emulator import Emulator, EmulatorConfig
 from archiver.kinds import Kind
 from archiver.manifest import Manifest, State
+from archiver.metrics import Metrics
 from archiver.store import LocalStore
 from archiver.windows import Window, align_down, format_instant
 
@@ -64,8 +67,18 @@ def get(port: int, path: str) -> tuple[str, str]:
 
 def scrape(port: int) -> dict[str, float]:
     """The metrics port's samples, by name and labels."""
+    return samples_of(get(port, "/metrics")[1])
+
+
+def scrape_text(metrics: Metrics) -> dict[str, float]:
+    """A Metrics registry's samples, by name and labels."""
+    return samples_of(metrics.render()[0].decode())
+
+
+def samples_of(text: str) -> dict[str, float]:
+    """Prometheus text format as {name{labels}: value}."""
     samples = {}
-    for line in get(port, "/metrics")[1].splitlines():
+    for line in text.splitlines():
         if line and not line.startswith("#"):
             name, _, value = line.rpartition(" ")
             samples[name] = float(value)
@@ -179,3 +192,57 @@ def test_resweep_adds_late_rows_and_never_drops_archived_ones(tmp_path: Path) ->
     table = pq.read_table(key, partitioning=None)
     union = {row["id"]: row for row in first} | {row["id"]: row for row in second}
     assert_archive_exact(Kind.PSTN, table, union.values())
+
+
+def test_round_skips_windows_past_retention_and_reports_them_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With `start` older than Microsoft keeps PSTN logs, those windows are never fetched,
+    they are reported once (not every round), and the backlog warning names the margin."""
+    from archiver.config import load
+    from archiver.continuous import Round, plan_round
+
+    now = datetime(2025, 6, 1, 12, tzinfo=UTC)
+    config = load({}, {"ARCHIVER_START": "2024-05-30", "ARCHIVER_WINDOW": "1d"})
+    manifest = Manifest(LocalStore(tmp_path))
+    this = Round(config, manifest, now)
+    due, lost = this.due(Kind.PSTN)
+    cutoff = now - timedelta(days=365)  # 2024-06-01T12:00
+    assert [datetime(2024, 5, 30, tzinfo=UTC), datetime(2024, 5, 31, tzinfo=UTC)] == [
+        w.start for w in lost
+    ]
+    assert datetime(2024, 6, 1, tzinfo=UTC) == due[0].start  # still partly served
+    assert all(w.end > cutoff for w in due)
+    assert datetime(2025, 5, 31, tzinfo=UTC) == due[-1].start  # the last window closed 1 h ago
+
+    caplog.set_level(logging.INFO, logger="archiver")
+    reported: set[Window] = set()
+    metrics = Metrics()
+    first = plan_round(this, reported, metrics)
+    again = plan_round(this, reported, metrics)
+    assert (
+        due
+        == [w for w in first if w.kind is Kind.PSTN]
+        == [w for w in again if w.kind is Kind.PSTN]
+    )
+    lost_lines = [r.getMessage() for r in caplog.records if "past Microsoft" in r.getMessage()]
+    assert [
+        "2 pstn windows (2024-05-30T00:00:00Z .. 2024-06-01T00:00:00Z) were never archived "
+        "and are past Microsoft's 365-day retention: they cannot be fetched any more",
+        "217 direct_routing windows (2024-05-30T00:00:00Z .. 2025-01-02T00:00:00Z) were never "
+        "archived and are past Microsoft's 150-day retention: they cannot be fetched any more",
+    ] == lost_lines
+    warnings = [r.getMessage() for r in caplog.records if "backlog" in r.getMessage()]
+    assert 2 == sum("pstn backlog" in w for w in warnings)  # every round
+    assert (
+        "pstn backlog: the oldest window not yet archived (2024-06-01T00:00:00Z) is -0.5 "
+        "days from Microsoft's retention cut-off" == warnings[0]
+    )
+    margin = next(
+        v
+        for k, v in scrape_text(metrics).items()
+        if k.startswith('archiver_retention_margin_days{kind="pstn"')
+    )
+    # the metric counts from the real clock at scrape time, not from the round's `now`
+    expected = (due[0].start - (datetime.now(UTC) - timedelta(days=365))) / timedelta(days=1)
+    assert abs(expected - margin) < 0.01
