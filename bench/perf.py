@@ -884,7 +884,7 @@ def report(
         to_batch = statistics.median(f.to_batch) / f.rows * 1e6
         add(
             f"- {f.kind} {f.version} ({f.rows:,} rows, {f.pages} pages): archiver "
-            f"json.loads {f.median(a, 'json.loads'):.2f} + select_rows "
+            f"parse_page {f.median(a, 'parse_page'):.2f} + select_rows "
             f"{f.median(a, 'select_rows'):.2f} (rows_to_batch alone {to_batch:.2f}) + "
             f"write+close {f.median(a, 'write+close'):.2f}; floor orjson.loads "
             f"{f.median(fl, 'orjson.loads'):.2f} + write_table {f.median(fl, 'write_table'):.2f}"
