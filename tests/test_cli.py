@@ -273,3 +273,22 @@ def test_progress_line_counts_windows_rows_and_estimates_the_rest() -> None:
     quiet = io.StringIO()
     Progress(quiet, enabled=False).update(record, 10)
     assert "" == quiet.getvalue()
+
+
+def test_wrong_s3_credentials_are_access_denied_in_one_line(
+    emulator: Emulator,
+    seaweed_destination: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A real S3 server refusing our keys gives one line naming the destination, exit 2,
+    and nothing is written."""
+    env = archiver_env(emulator, seaweed_destination) | {"AWS_SECRET_ACCESS_KEY": "not-the-key"}
+    code, err = run_cli(monkeypatch, capsys, env, "backfill", *RANGE)
+    assert (
+        2,
+        [
+            f"archiver: destination {seaweed_destination}: access denied (check the AWS "
+            "credentials and the bucket policy)"
+        ],
+    ) == (code, err)
