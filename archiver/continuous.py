@@ -22,15 +22,14 @@ import anyio
 from archiver.config import Config
 from archiver.kinds import Kind
 from archiver.manifest import Manifest, State
-from archiver.metrics import Metrics, serving
+from archiver.metrics import Metrics
 from archiver.pipeline import (
     Archiver,
     RunResult,
     Shutdown,
-    connect,
     open_destination,
     run_windows,
-    unwrapped,
+    working,
 )
 from archiver.windows import Window, align_down, format_instant, parse_instant, plan
 
@@ -110,32 +109,20 @@ async def run_forever(
     shutdown = shutdown or Shutdown(config.grace.total_seconds())
     reported: set[Window] = set()  # windows past retention, reported once
     result = RunResult()
-    metrics = Metrics()
-    connected = anyio.Event()
-    with unwrapped():
-        async with (
-            serving(metrics, config.metrics_host, config.metrics_port, connected.is_set),
-            connect(config, store, manifest, metrics) as archiver,
-            anyio.create_task_group() as group,
-        ):
-            connected.set()
-            group.start_soon(shutdown.watch)
-            while not shutdown.requested.is_set():
-                result = await one_round(
-                    archiver, Round(config, manifest, clock()), reported, shutdown
-                )
-                await manifest.compact()
-                archiver.show_manifest()
-                wake = Round(config, manifest, clock()).next_wake()
-                seconds = (wake - clock()).total_seconds()
-                log.info(
-                    "sleeping until %s",
-                    format_instant(wake),
-                    extra={"fields": {"seconds": round(seconds)}},
-                )
-                with anyio.move_on_after(max(0.0, seconds)):
-                    await shutdown.requested.wait()
-            group.cancel_scope.cancel()
+    async with working(config, store, manifest, shutdown) as archiver:
+        while not shutdown.requested.is_set():
+            result = await one_round(archiver, Round(config, manifest, clock()), reported, shutdown)
+            await manifest.compact()
+            archiver.show_manifest()
+            wake = Round(config, manifest, clock()).next_wake()
+            seconds = (wake - clock()).total_seconds()
+            log.info(
+                "sleeping until %s",
+                format_instant(wake),
+                extra={"fields": {"seconds": round(seconds)}},
+            )
+            with anyio.move_on_after(max(0.0, seconds)):
+                await shutdown.requested.wait()
     log.info("stopped")
     return result
 

@@ -522,6 +522,29 @@ async def connect(
                 await anyio.to_thread.run_sync(spool.close)
 
 
+@asynccontextmanager
+async def working(
+    config: Config, store: Store, manifest: Manifest, shutdown: Shutdown
+) -> AsyncIterator[Archiver]:
+    """What a run works inside: metrics served (when configured), Graph connected with
+    proven credentials, signals watched; one exception a task collects is let through."""
+    metrics = Metrics()
+    connected = anyio.Event()
+    with unwrapped():
+        async with (
+            serving(metrics, config.metrics_host, config.metrics_port, connected.is_set),
+            connect(config, store, manifest, metrics) as archiver,
+            anyio.create_task_group() as group,
+        ):
+            connected.set()
+            archiver.show_manifest()
+            group.start_soon(shutdown.watch)
+            try:
+                yield archiver
+            finally:
+                group.cancel_scope.cancel()
+
+
 async def backfill(
     config: Config,
     kinds: list[Kind],
@@ -553,21 +576,10 @@ async def backfill(
     if not windows:
         return result
     shutdown = Shutdown(config.grace.total_seconds())
-    metrics = Metrics()
-    connected = anyio.Event()
-    with unwrapped():
-        async with (
-            serving(metrics, config.metrics_host, config.metrics_port, connected.is_set),
-            connect(config, store, manifest, metrics) as archiver,
-            anyio.create_task_group() as group,
-        ):
-            connected.set()
-            group.start_soon(shutdown.watch)
-            await manifest.add_plan(kinds, start, end)
-            archiver.show_manifest()
-            try:
-                await run_windows(archiver, windows, result, shutdown, on_done)
-            finally:
-                result.requests = archiver.graph.requests
-                group.cancel_scope.cancel()
+    async with working(config, store, manifest, shutdown) as archiver:
+        await manifest.add_plan(kinds, start, end)
+        try:
+            await run_windows(archiver, windows, result, shutdown, on_done)
+        finally:
+            result.requests = archiver.graph.requests
     return result
