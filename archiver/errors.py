@@ -14,6 +14,9 @@ boundary each (graph.py, store.py, auth.py), with `raise ... from`.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class ArchiverError(Exception):
     """Raised for every failure the archiver knows how to report in one line."""
@@ -52,3 +55,15 @@ class ThrottledError(RetryableError):
 
 class AuthExpiredError(WindowError):
     """Raised when Graph answers 401: the token must be refreshed before one more try."""
+
+
+@contextmanager
+def unwrapped() -> Iterator[None]:
+    """Let the single exception a task group collected through as itself, so callers
+    catch WindowError or StopRun rather than an ExceptionGroup."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise

@@ -1,8 +1,8 @@
-"""The backfill: plan windows, fetch each through Graph, write Parquet, store it, record it.
+"""Running many windows: the destination, the workers, graceful stops, and `backfill`.
 
-One task group runs `concurrency` workers that take windows from one shared plan;
-the rate limiters and throttling pauses inside the Graph client are shared by all.
-A window is recorded done only after its object is durable in the store.
+One task group runs `concurrency` workers that take windows from one shared queue
+(archive.py does each window); the rate limiters and throttling pauses inside the
+Graph client are shared by all. SIGTERM/SIGINT stop the workers gracefully.
 """
 
 from __future__ import annotations
@@ -10,37 +10,27 @@ from __future__ import annotations
 import collections
 import heapq
 import logging
-import os
 import signal
-import socket
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
 
 import anyio
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from archiver import __version__
+from archiver.archive import Archiver, worker_id
 from archiver.auth import TokenProvider
 from archiver.config import Config
-from archiver.errors import RetryableError, StopRun, WindowError
-from archiver.graph import GraphClient, WindowStats, make_limiters, open_session
+from archiver.errors import StopRun, WindowError, unwrapped
+from archiver.graph import GraphClient, make_limiters, open_session
 from archiver.kinds import Kind
-from archiver.lease import Claim, Leases, Outcome
-from archiver.manifest import Manifest, Record, State, now_iso
+from archiver.lease import Leases
+from archiver.manifest import Manifest, Record
 from archiver.metrics import Metrics, serving
-from archiver.parquet import WindowWriter, WrittenFile
-from archiver.schema import rows_to_batch, schema_for
 from archiver.spool import Spool
 from archiver.store import Store, StoreOptions, open_store
-from archiver.windows import Window, format_instant, parse_instant, plan
+from archiver.windows import Window, plan
 
 log = logging.getLogger(__name__)
 
@@ -80,294 +70,6 @@ async def open_destination(config: Config) -> tuple[Store, Manifest]:
     manifest = Manifest(store)
     await manifest.load()
     return store, manifest
-
-
-@contextmanager
-def unwrapped() -> Iterator[None]:
-    """Let the single exception a task group collected through as itself, so callers
-    catch WindowError or StopRun rather than an ExceptionGroup."""
-    try:
-        yield
-    except BaseExceptionGroup as group:
-        if len(group.exceptions) == 1:
-            raise group.exceptions[0] from None
-        raise
-
-
-def worker_id() -> str:
-    """This process, as claims name it: host, pid and a random part (pids repeat in containers)."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def select_rows(
-    kind: Kind, rows: list[dict[str, Any]], window: Window, seen: set[str]
-) -> pa.RecordBatch:
-    """Typed rows of one page that belong to the window and were not seen before.
-
-    PSTN's inclusive end returns rows that start exactly at the window end: those
-    belong to the next window. Paging over live data can repeat a row: the first
-    copy wins. A row without a start time stays where Graph put it.
-    """
-    batch = rows_to_batch(kind, rows)
-    if not batch.num_rows:
-        return batch
-    start = batch.column("startDateTime")
-    unit = start.type
-    inside = pc.and_(
-        pc.greater_equal(start, pa.scalar(window.start, unit)),
-        pc.less(start, pa.scalar(window.end, unit)),
-    ).fill_null(True)
-    keep: list[bool] = []
-    for row_id, ok in zip(batch.column("id").to_pylist(), inside.to_pylist(), strict=True):
-        fresh = ok and row_id not in seen
-        if fresh:
-            seen.add(row_id)
-        keep.append(fresh)
-    return batch.filter(pa.array(keep, pa.bool_()))
-
-
-def write_page(
-    writer: WindowWriter, rows: list[dict[str, Any]], window: Window, seen: set[str]
-) -> None:
-    """Type one page, keep what belongs to the window, write it: one worker-thread hop
-    per page. The parsed rows are freed here too, not on the event loop."""
-    writer.write(select_rows(window.kind, rows, window, seen))
-    rows.clear()
-
-
-def keep_unseen(path: Path, writer: WindowWriter, seen: set[str]) -> int:
-    """Write the rows of the Parquet file `path` whose id is not in `seen`; how many.
-
-    Read batch by batch and conformed to the current schema (a column an older file
-    lacks is null), so memory stays bounded and old archives merge with new ones.
-    """
-    schema = writer.schema
-    ids = pa.array(list(seen), pa.string())
-    kept = 0
-    with pq.ParquetFile(path) as file:
-        for batch in file.iter_batches(batch_size=65_536):
-            columns = [
-                batch.column(f.name).cast(f.type)
-                if f.name in batch.schema.names
-                else pa.nulls(batch.num_rows, f.type)
-                for f in schema
-            ]
-            conformed = pa.RecordBatch.from_arrays(columns, schema=schema)
-            unseen = conformed.filter(pc.invert(pc.is_in(conformed.column("id"), value_set=ids)))
-            writer.write(unseen)
-            kept += unseen.num_rows
-    return kept
-
-
-class Archiver:
-    """Archives windows of one destination with one Graph client."""
-
-    def __init__(
-        self,
-        config: Config,
-        store: Store,
-        manifest: Manifest,
-        graph: GraphClient,
-        spool: Spool,
-        leases: Leases,
-        metrics: Metrics,
-    ) -> None:
-        self.config = config
-        self.metrics = metrics
-        self._newest: dict[str, float] = {}  # per kind: end of the newest archived window
-        self.store = store
-        self.manifest = manifest
-        self.graph = graph
-        self.spool = spool
-        self.leases = leases
-
-    async def claim_and_archive(self, window: Window, queue: WindowQueue) -> Record | None:
-        """Archive a window if no other worker holds it; None when it is not ours to do.
-
-        A window another worker holds goes back to the queue until its lease expires;
-        one that another worker archived meanwhile counts as already archived.
-        """
-        redo = self.manifest.is_done(window)  # a re-archive (run's re-sweep)
-        outcome, detail = await anyio.to_thread.run_sync(self.leases.claim, window, redo)
-        if outcome is Outcome.BUSY:
-            assert isinstance(detail, float)
-            queue.defer(window, detail)
-            return None
-        if outcome is Outcome.DONE:
-            return None
-        assert isinstance(detail, Claim)
-        claim = detail
-        if outcome is Outcome.TAKEN_OVER:
-            await self.manifest.load()  # its dead holder may have finished it
-            if self.manifest.is_done(window):
-                await anyio.to_thread.run_sync(self.leases.finish, claim)
-                return None
-        lost = anyio.Event()
-        try:
-            with unwrapped():
-                async with anyio.create_task_group() as group:
-                    group.start_soon(self._keep_lease, claim, lost, group.cancel_scope)
-                    record = await self.archive(window, lost)
-                    group.cancel_scope.cancel()
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self.leases.release, claim)
-            raise
-        if lost.is_set():
-            log.warning("lost the lease of %s to another worker; left to it", window)
-            queue.defer(window, time.time() + self.leases.duration)
-            return None
-        await anyio.to_thread.run_sync(self.leases.finish, claim)
-        return record
-
-    async def _keep_lease(self, claim: Claim, lost: anyio.Event, scope: anyio.CancelScope) -> None:
-        """Renew the lease while the window is worked on; on losing it, stop the work."""
-        while True:
-            await anyio.sleep(self.leases.duration / 3)
-            if not await anyio.to_thread.run_sync(self.leases.renew, claim):
-                lost.set()
-                scope.cancel()
-                return
-
-    async def archive(self, window: Window, lost: anyio.Event | None = None) -> Record:
-        """Fetch, write, store and record one window; WindowError if it fails.
-
-        `lost` is set when another worker took the window over: then nothing is stored.
-        """
-        stats = WindowStats()
-        began = time.monotonic()
-        started_at = now_iso()
-        spool = self.spool.path(f"{window.kind.value}-{window.name}-{uuid.uuid4().hex}.partial")
-        metadata = {
-            "version": __version__,
-            "kind": window.kind.value,
-            "window_start": format_instant(window.start),
-            "window_end": format_instant(window.end),
-            "graph_url": self.config.graph_url,
-            "graph_version": self.config.graph_version,
-            "fetched_at": started_at,
-        }
-        writer = await anyio.to_thread.run_sync(
-            WindowWriter, spool, schema_for(window.kind), metadata
-        )
-        try:
-            seen: set[str] = set()
-            async for rows in self.graph.pages(window, stats):
-                await anyio.to_thread.run_sync(write_page, writer, rows, window, seen)
-            kept = await self._keep_previous(window, writer, seen)
-            written: WrittenFile = await anyio.to_thread.run_sync(writer.close)
-            if lost is not None and lost.is_set():
-                raise anyio.get_cancelled_exc_class()()
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(writer.abort)
-            raise
-        try:
-            info = await anyio.to_thread.run_sync(
-                self.store.put_file, window.key, written.path, written.sha256
-            )
-        finally:
-            written.path.unlink(missing_ok=True)
-        record = Record(
-            kind=window.kind.value,
-            start=format_instant(window.start),
-            end=format_instant(window.end),
-            state=State.DONE.value,
-            recorded_at=now_iso(),
-            key=info.key,
-            rows=written.rows,
-            bytes=written.size,
-            sha256=written.sha256,
-            checksum_sha256=info.checksum_sha256,
-            pages=stats.pages,
-            graph_version=self.config.graph_version,
-            archiver_version=__version__,
-            started_at=started_at,
-        )
-        await self.manifest.record(record)
-        self.count(record, stats)
-        log.info(
-            "archived %s",
-            window,
-            extra={
-                "fields": {
-                    "kind": window.kind.value,
-                    "window": format_instant(window.start),
-                    "rows": written.rows,
-                    "kept": kept,
-                    "pages": stats.pages,
-                    "retries": stats.retries,
-                    "throttled": stats.throttled,
-                    "seconds": round(time.monotonic() - began, 3),
-                }
-            },
-        )
-        return record
-
-    def count(self, record: Record, stats: WindowStats) -> None:
-        """Move the metrics for one archived window."""
-        kind = record.kind
-        self.metrics.rows.labels(kind).inc(record.rows or 0)
-        self.metrics.pages.labels(kind).inc(stats.pages)
-        self.metrics.last_success.labels(kind).set(time.time())
-        end = parse_instant(record.end).timestamp()
-        self._newest[kind] = max(self._newest.get(kind, 0.0), end)
-        self.metrics.newest_window_end.labels(kind).set(self._newest[kind])
-
-    def show_manifest(self) -> None:
-        """Set the per-state window gauges and newest window from the manifest."""
-        for kind, summary in self.manifest.summary().items():
-            for state in ("done", "failed", "pending"):
-                self.metrics.windows.labels(kind, state).set(summary[state])
-            if summary["newest_window"]:
-                end = parse_instant(summary["newest_window"]).timestamp()
-                self._newest[kind] = max(self._newest.get(kind, 0.0), end)
-                self.metrics.newest_window_end.labels(kind).set(self._newest[kind])
-            if summary["last_success"]:
-                when = parse_instant(summary["last_success"]).timestamp()
-                self.metrics.last_success.labels(kind).set(when)
-
-    async def _keep_previous(self, window: Window, writer: WindowWriter, seen: set[str]) -> int:
-        """Re-archiving: add the rows of the window's current object that this fetch did not
-        return, so the archive never loses a row it once held. Returns how many."""
-        record = self.manifest.get(window)
-        if record is None or record.state != State.DONE.value or not record.key:
-            return 0
-        previous = self.spool.path(f"{window.kind.value}-{window.name}-{uuid.uuid4().hex}.prev")
-        try:
-            try:
-                await anyio.to_thread.run_sync(self.store.download, record.key, previous)
-            except RetryableError:
-                raise
-            except WindowError:
-                if await anyio.to_thread.run_sync(self.store.head, record.key) is not None:
-                    raise
-                log.warning(
-                    "%s: its archived object %s is missing; archived anew", window, record.key
-                )
-                return 0
-            return await anyio.to_thread.run_sync(keep_unseen, previous, writer, seen)
-        finally:
-            previous.unlink(missing_ok=True)
-
-    async def fail(self, window: Window, error: str) -> None:
-        """Record that a window failed, with its error."""
-        record = Record(
-            kind=window.kind.value,
-            start=format_instant(window.start),
-            end=format_instant(window.end),
-            state=State.FAILED.value,
-            recorded_at=now_iso(),
-            error=error,
-            archiver_version=__version__,
-        )
-        await self.manifest.record(record)
-        log.error(
-            "failed %s: %s",
-            window,
-            error,
-            extra={"fields": {"kind": window.kind.value, "window": format_instant(window.start)}},
-        )
 
 
 class Shutdown:
@@ -475,7 +177,7 @@ async def run_windows(
     async def worker(scope: anyio.CancelScope) -> None:
         while (window := await queue.next()) is not None:
             try:
-                record = await archiver.claim_and_archive(window, queue)
+                record = await archiver.claim_and_archive(window, queue.defer)
             except WindowError as exc:
                 result.failed.append((window, str(exc)))
                 await archiver.fail(window, str(exc))

@@ -9,7 +9,7 @@ is the median of several runs (the table says how many). Measured:
 
 1. CPU per row, page bytes to typed Parquet, in this process: real emulator pages
    (fetched once with a plain client), then the archiver's own path (`graph.parse_page`,
-   `pipeline.select_rows` -> `schema.rows_to_batch` + window filter + dedup,
+   `archive.select_rows` -> `schema.rows_to_batch` + window filter + dedup,
    `parquet.WindowWriter` write/close incl. SHA-256) against the floor on the same bytes:
    `orjson.loads` + `pyarrow.parquet.write_table` (zstd) of the already-typed table.
 2. End to end without a cap or latency: rows/s of a backfill of both kinds into a local
@@ -416,10 +416,10 @@ def _metadata(kind: str) -> dict[str, str]:
 
 def archiver_path(kind_name: str, pages: list[bytes], path: Path) -> dict[str, float]:
     """The archiver's own path over the pages of one window; CPU seconds per stage."""
+    from archiver.archive import select_rows
     from archiver.graph import parse_page
     from archiver.kinds import Kind
     from archiver.parquet import WindowWriter
-    from archiver.pipeline import select_rows
     from archiver.schema import schema_for
     from archiver.windows import Window
 

@@ -1,0 +1,47 @@
+"""The package's layout: data flows one way, so a lower module never imports a higher one."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "archiver"
+
+# Lowest first. A module may import only modules listed before it (the emulator is a
+# separate component that only `demo` uses, and it may use only `kinds`).
+ORDER = [
+    "kinds", "errors", "log", "windows", "config", "metrics", "ratelimit", "auth", "graph",
+    "schema", "parquet", "store", "manifest", "lease", "spool", "archive", "pipeline",
+    "continuous", "verify", "progress", "demo", "cli", "__main__",
+]  # fmt: skip
+
+
+def imported(path: Path) -> set[str]:
+    """The archiver modules a source file imports."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("archiver"):
+            parts = node.module.split(".")
+            found.update(parts[1:2] or [a.name for a in node.names])
+        elif isinstance(node, ast.Import):
+            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("archiver."))
+    return found - {"__version__"}
+
+
+def test_every_module_imports_only_modules_below_it() -> None:
+    """No module imports one above it in ORDER, and ORDER names every module."""
+    modules = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__"}
+    assert sorted(modules) == sorted(ORDER)
+    upward = [
+        (name, dep)
+        for name in ORDER
+        for dep in sorted(imported(PACKAGE / f"{name}.py") - {name})
+        if dep != "emulator" and ORDER.index(dep) > ORDER.index(name)
+    ]
+    assert [] == upward
+
+
+def test_the_emulator_depends_on_nothing_but_kinds() -> None:
+    """The Graph emulator stands apart from the archiver it serves."""
+    used = set().union(*(imported(p) for p in (PACKAGE / "emulator").glob("*.py")))
+    assert set() == used - {"kinds", "emulator"}
