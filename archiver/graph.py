@@ -7,6 +7,7 @@ exceptions are translated here.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import ssl
@@ -196,7 +197,13 @@ class GraphClient:
             if attempt > 1:
                 stats.retries += 1
                 self._metrics.retries.labels(kind).inc()
-            token = await self._tokens.token()  # before the slot: its thread hop adds jitter
+            try:  # the token before the slot: its thread hop would add jitter
+                token = await self._tokens.token()
+            except RetryableError as exc:  # the token endpoint failed: back off, try again
+                last = exc
+                if attempt < self._max_attempts:
+                    await self._sleep(backoff(attempt))
+                continue
             await limiter.acquire()
             sent_at = time.monotonic()
             stats.requests += 1
@@ -217,8 +224,9 @@ class GraphClient:
                 if refreshed:
                     raise WindowError(f"{window}: {exc} (again after a fresh token)") from exc
                 refreshed = True
-                await self._tokens.refresh()
                 last = exc
+                with contextlib.suppress(RetryableError):  # the next attempt asks again
+                    await self._tokens.refresh()
             except RetryableError as exc:
                 self._count(kind, exc.status or "error")
                 last = exc
