@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import anyio
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from archive_check import assert_archive_exact
@@ -246,3 +248,64 @@ def test_round_skips_windows_past_retention_and_reports_them_once(
     # the metric counts from the real clock at scrape time, not from the round's `now`
     expected = (due[0].start - (datetime.now(UTC) - timedelta(days=365))) / timedelta(days=1)
     assert abs(expected - margin) < 0.01
+
+
+def test_second_signal_stops_at_once_and_leaves_nothing_half_done(tmp_path: Path) -> None:
+    """SIGTERM starts a graceful stop; a second one abandons the windows in flight at once
+    (exit 130 for a backfill), removing their spool files and releasing their claims, so
+    the next run takes them straight away and ends with the exact archive."""
+    start = datetime(2024, 3, 4, tzinfo=UTC)
+    with Emulator(EmulatorConfig(rows_per_day=dict(ROWS), latency=5.0)) as emu:
+        dest = tmp_path / "archive"
+        env = {**os.environ, **archiver_env(emu, dest, ARCHIVER_GRACE="10m")}
+        args = [
+            sys.executable,
+            "-m",
+            "archiver",
+            "backfill",
+            "--start",
+            "2024-03-04",
+            "--end",
+            "2024-03-06",
+        ]
+        process = subprocess.Popen(
+            args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(process.stderr or []), daemon=True)
+        reader.start()
+        try:
+            wait_for(lambda: any(r.endpoint == "graph" for r in emu.requests), "a page request")
+            process.send_signal(signal.SIGTERM)
+            # a second signal sent before the first is handled would merge with it
+            wait_for(
+                lambda: any("finishing windows in flight" in line for line in lines),
+                "the graceful stop to begin",
+            )
+            process.send_signal(signal.SIGTERM)
+            out = process.stdout.read() if process.stdout else ""
+            process.wait(timeout=60)  # far below the 10-minute grace
+            reader.join(timeout=10)
+            err = "".join(lines)
+        finally:
+            process.kill()
+            for stream in (process.stdout, process.stderr):
+                if stream:
+                    stream.close()
+        assert 130 == process.returncode, err
+        assert "stopped by a signal with 4 windows not archived: run again to finish" in out
+        assert "again: stopping now" in err
+        assert [] == list(dest.rglob("*.parquet"))
+        assert [] == [p for p in (dest / "_manifest" / "spool").rglob("*") if p.is_file()]
+        emu.config.latency = 0.0
+        done = subprocess.run(
+            args, env=env, capture_output=True, text=True, check=False, timeout=60
+        )  # a claim left held would wait out its 2-minute lease
+        assert 0 == done.returncode, done.stderr
+        for kind in Kind:
+            truth = emu.rows(kind, start, start + timedelta(days=2), version="v1.0")
+            table = pa.concat_tables(
+                pq.read_table(p, partitioning=None)
+                for p in sorted((dest / kind.value).rglob("*.parquet"))
+            )
+            assert_archive_exact(kind, table, truth)
