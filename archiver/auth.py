@@ -157,6 +157,8 @@ class TokenProvider:
             result = app.acquire_token_for_client(scopes=[scope])
         except requests.RequestException as exc:
             raise RetryableError(f"token endpoint unreachable: {type(exc).__name__}") from None
+        except msal.exceptions.MsalServiceError as exc:  # MSAL raises on 5xx answers
+            raise RetryableError(f"token endpoint failed: {exc}") from None
         except OSError as exc:  # e.g. the federated token file vanished
             raise StopRun(f"cannot read credential: {exc}") from None
         if "access_token" in result:

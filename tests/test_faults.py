@@ -174,3 +174,26 @@ def test_window_fails_after_its_attempts_are_used_up(emulator: Emulator) -> None
         "direct_routing 2024-03-04T00:00:00Z..2024-03-05T00:00:00Z: gave up after 8 attempts: "
         "Graph answered 5"
     )
+
+
+def test_token_endpoint_outage_is_retried_with_backoff(emulator: Emulator) -> None:
+    """When the token endpoint answers 503 while a window is fetched, the client backs off
+    (MSAL itself replays a 5xx until its Retry-After has passed) and asks again; the
+    window still gets all its pages."""
+    window = Window(Kind.PSTN, START, START + timedelta(days=1))
+
+    async def go() -> list[int]:
+        config = load({}, archiver_env(emulator, "unused"))
+        async with open_session(config) as session:
+            tokens = TokenProvider(config)
+            graph = GraphClient(config, session, tokens, make_limiters(config))
+            sizes = []
+            async for rows in graph.pages(window, WindowStats()):
+                sizes.append(len(rows))
+                emulator.expire_tokens()  # the next page needs a new token ...
+                emulator.config.token_outages = 2  # ... and the token endpoint is down twice
+            return sizes
+
+    assert [1000, 501] == anyio.run(go)
+    tokens = [r.status for r in emulator.requests if r.endpoint == "token"]
+    assert [200, 503, 503, 200] == tokens

@@ -119,6 +119,7 @@ class EmulatorConfig:
     permission: bool = True  # False: every Graph request gets 403
     next_link_host: str | None = None  # scheme+host for nextLinks instead of the request's
     unknown_property_every: int = 97  # every Nth row carries a property no schema knows
+    token_outages: int = 0  # the next N token requests answer 503 (each one counts down)
     federated_tokens: list[str] = field(default_factory=list)  # accepted client_assertions
     trusted_certificates: list[bytes] = field(default_factory=list)  # PEM; may sign assertions
 
@@ -443,6 +444,13 @@ async def _token(state: EmulatorState, request: web.Request, tenant: str) -> web
         value = form.get(name)
         return value if isinstance(value, str) else ""
 
+    if config.token_outages > 0:
+        config.token_outages -= 1
+        outage = _aad_error(
+            503, "temporarily_unavailable", 50000, "The service is temporarily unavailable."
+        )
+        outage.headers["Retry-After"] = "1"  # MSAL replays a 5xx for this long (default 5 s)
+        return outage
     if tenant.lower() != config.tenant_id.lower():
         return _aad_error(400, "invalid_request", 90002, f"Tenant '{tenant}' not found.")
     if text("grant_type") != "client_credentials":
