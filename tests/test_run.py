@@ -125,6 +125,11 @@ def test_run_archives_closed_windows_and_stops_cleanly_on_sigterm(tmp_path: Path
         process = start_run(emu, dest, start, ARCHIVER_METRICS_PORT=f"127.0.0.1:{port}")
         try:
             wait_for(lambda: set(closed) <= set(done_windows(dest)), "the closed windows")
+            done_gauge = 'archiver_windows{{kind="{}",state="done"}}'
+            wait_for(  # the round ends by publishing the manifest's counts
+                lambda: all(scrape(port).get(done_gauge.format(k.value), 0) >= 4 for k in Kind),
+                "the windows gauge",
+            )
             metrics = scrape(port)
             assert ("200", "ready") == (get(port, "/healthz")[0], get(port, "/readyz")[1])
             process.send_signal(signal.SIGTERM)
@@ -140,7 +145,6 @@ def test_run_archives_closed_windows_and_stops_cleanly_on_sigterm(tmp_path: Path
             assert (
                 metrics[f'archiver_graph_requests_total{{kind="{kind.value}",status="200"}}'] >= 4
             )
-            assert metrics[f'archiver_windows{{kind="{kind.value}",state="done"}}'] >= 0
         for window, key in done.items():
             table = pq.read_table(dest / key, partitioning=None)
             truth = emu.rows(window.kind, window.start, window.end, version="v1.0")
