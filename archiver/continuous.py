@@ -19,12 +19,12 @@ from datetime import UTC, datetime, timedelta
 
 import anyio
 
+from archiver.archive import Archiver
 from archiver.config import Config
 from archiver.kinds import Kind
 from archiver.manifest import Manifest, State
 from archiver.metrics import Metrics
 from archiver.pipeline import (
-    Archiver,
     RunResult,
     Shutdown,
     open_destination,
