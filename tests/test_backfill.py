@@ -296,3 +296,20 @@ def test_parquet_metadata_records_provenance(
     truth = emulator.rows(Kind.PSTN, START, START + timedelta(days=1), version="beta")
     assert_archive_exact(Kind.PSTN, table, truth)
     assert pa.types.is_list(table.schema.field("administrativeUnitInfos").type)
+
+
+def test_rows_repeated_across_pages_are_archived_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When pages overlap (paging over live data), each repeated row is kept once."""
+    with Emulator(EmulatorConfig(rows_per_day=dict(ROWS), page_overlap=7)) as emu:
+        dest = tmp_path / "archive"
+        assert 0 == backfill(
+            monkeypatch, archiver_env(emu, dest), "--start", "2024-03-04", "--end", "2024-03-06"
+        )
+        served = sum(r.rows for r in emu.requests if r.endpoint == "graph")
+        for kind in Kind:
+            truth = emu.rows(kind, START, START + timedelta(days=2), version="v1.0")
+            assert_archive_exact(kind, read_local(dest, kind), truth)
+    archived = sum(ROWS.values()) * 2
+    assert served > archived + 2  # rows were repeated (and the PSTN boundary rows returned)

@@ -109,6 +109,7 @@ class EmulatorConfig:
     client_secret: str = "emulator-secret"  # noqa: S105 - the emulator's well-known test secret
     rows_per_day: dict[Kind, int] = field(default_factory=_default_rows_per_day)
     page_size: int = 1000
+    page_overlap: int = 0  # each page after the first repeats this many rows of the last one
     seed: int = 1
     latency: float = 0.0  # seconds added to every Graph page response
     token_lifetime: int = 3600  # expires_in of issued tokens
@@ -629,18 +630,20 @@ def _next_link(state: EmulatorState, request: web.Request, call: _Call, skip: in
 def _page(state: EmulatorState, request: web.Request, call: _Call) -> tuple[bytes, int]:
     """The body of one page, and how many rows it holds."""
     size = max(1, state.config.page_size)
+    # Paging over live data: a page may start with rows the previous page already held.
+    overlap = min(max(0, state.config.page_overlap), call.skip)
     texts, total = state.dataset.select(
         call.kind,
         state.params(call.kind),
         call.version == "beta",
         call.low,
         call.high,
-        call.skip,
-        size,
+        call.skip - overlap,
+        size + overlap,
     )
     context = f"{_base_url(request)}/{call.version}/$metadata#Collection({ROW_TYPE[call.kind]})"
     head = f'{{"@odata.context":{dumps(context)},"@odata.count":{len(texts)},'
-    if call.skip + len(texts) < total:
+    if call.skip + len(texts) - overlap < total:
         head += f'"@odata.nextLink":{dumps(_next_link(state, request, call, call.skip + size))},'
     return (head + '"value":[' + ",".join(texts) + "]}").encode(), len(texts)
 
