@@ -20,6 +20,7 @@ from typing import Any
 import boto3
 import botocore.exceptions
 import pytest
+from test_store import count_up_concurrently
 
 from archiver.errors import RetryableError, UsageError, WindowError
 from archiver.store import S3Store, Store, StoreOptions, open_store
@@ -154,26 +155,8 @@ def test_if_match_on_a_missing_object_is_none(seaweed_destination: str) -> None:
 
 def test_concurrent_compare_and_swap_loses_no_update(seaweed_destination: str) -> None:
     """Threads doing read / If-Match increments on a real server never lose an update."""
-    store = open_store(seaweed_destination)
-    store.put_bytes("counter", b"0")
-
-    def increment_many() -> None:
-        for _ in range(6):
-            while True:
-                got = store.get_bytes("counter")
-                assert got is not None
-                if store.put_bytes_if_match("counter", str(int(got[0]) + 1).encode(), got[1]):
-                    break
-
-    threads = [threading.Thread(target=increment_many) for _ in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    got = store.get_bytes("counter")
-    assert got is not None
     expected = b"18"
-    assert expected == got[0]
+    assert expected == count_up_concurrently(open_store(seaweed_destination), threads=3, each=6)
 
 
 def test_concurrent_if_absent_has_one_winner(seaweed_destination: str) -> None:

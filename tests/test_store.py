@@ -451,28 +451,32 @@ def test_local_write_error_fails_the_window(tmp_path: Path) -> None:
     assert f"{tmp_path / 'a' / 'b.json'}: write failed: Not a directory" == str(caught.value)
 
 
-def test_local_conditional_writes_lose_no_update(tmp_path: Path) -> None:
-    """Threads doing read / compare-and-swap increments never lose one another's updates."""
-    store = LocalStore(tmp_path)
+def count_up_concurrently(store: Store, threads: int, each: int) -> bytes:
+    """Threads each add 1 to an object `each` times by read / compare-and-swap; the result."""
     store.put_bytes("counter", b"0")
 
     def increment_many() -> None:
-        for _ in range(20):
+        for _ in range(each):
             while True:
                 got = store.get_bytes("counter")
                 assert got is not None
                 if store.put_bytes_if_match("counter", str(int(got[0]) + 1).encode(), got[1]):
                     break
 
-    threads = [threading.Thread(target=increment_many) for _ in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    workers = [threading.Thread(target=increment_many) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
     got = store.get_bytes("counter")
     assert got is not None
+    return got[0]
+
+
+def test_local_conditional_writes_lose_no_update(tmp_path: Path) -> None:
+    """Threads doing read / compare-and-swap increments never lose one another's updates."""
     expected = b"120"
-    assert expected == got[0]
+    assert expected == count_up_concurrently(LocalStore(tmp_path), threads=6, each=20)
 
 
 # ------------------------------------------------------------------------- S3
