@@ -154,7 +154,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     result = anyio.run(verify_destination, config)
     for problem in result.problems:
         print(problem)
-    print(f"verified {result.checked} objects: {len(result.problems)} problems")
+    count = len(result.problems)
+    print(f"verified {result.checked} objects: {count} problem{'' if count == 1 else 's'}")
     return EXIT_FAILED if result.problems else EXIT_OK
 
 

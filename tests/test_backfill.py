@@ -55,6 +55,11 @@ def archiver_env(emu: Emulator, destination: str | Path, **extra: str) -> dict[s
     }
 
 
+def archiver_command(*args: str) -> list[str]:
+    """The archiver as a separate process, as a user or a container runs it."""
+    return [sys.executable, "-m", "archiver", *args]
+
+
 def backfill(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], *args: str) -> int:
     """Run `archiver backfill` in-process with `env` set."""
     for name, value in env.items():
@@ -201,16 +206,7 @@ def test_run_killed_half_way_resumes_to_the_same_exact_archive(tmp_path: Path) -
             **os.environ,
             **archiver_env(emu, dest, ARCHIVER_CONCURRENCY="2", ARCHIVER_LEASE="2s"),
         }
-        args = [
-            sys.executable,
-            "-m",
-            "archiver",
-            "backfill",
-            "--start",
-            "2024-03-04",
-            "--end",
-            "2024-03-18",
-        ]
+        args = archiver_command("backfill", "--start", "2024-03-04", "--end", "2024-03-18")
         process = subprocess.Popen(
             args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )

@@ -7,7 +7,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -20,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from archive_check import assert_archive_exact
-from test_backfill import archiver_env
+from test_backfill import archiver_command, archiver_env
 
 from archiver.emulator import Emulator, EmulatorConfig
 from archiver.kinds import Kind
@@ -103,7 +102,7 @@ def start_run(emu: Emulator, dest: Path, start: datetime, **extra: str) -> subpr
         ),
     }
     return subprocess.Popen(
-        [sys.executable, "-m", "archiver", "run"],
+        archiver_command("run"),
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -150,7 +149,7 @@ def test_run_archives_closed_windows_and_stops_cleanly_on_sigterm(tmp_path: Path
             truth = emu.rows(window.kind, window.start, window.end, version="v1.0")
             assert_archive_exact(window.kind, table, truth)
         verified = subprocess.run(
-            [sys.executable, "-m", "archiver", "verify", "--destination", str(dest)],
+            archiver_command("verify", "--destination", str(dest)),
             capture_output=True,
             text=True,
             check=False,
@@ -262,16 +261,7 @@ def test_second_signal_stops_at_once_and_leaves_nothing_half_done(tmp_path: Path
     with Emulator(EmulatorConfig(rows_per_day=dict(ROWS), latency=5.0)) as emu:
         dest = tmp_path / "archive"
         env = {**os.environ, **archiver_env(emu, dest, ARCHIVER_GRACE="10m")}
-        args = [
-            sys.executable,
-            "-m",
-            "archiver",
-            "backfill",
-            "--start",
-            "2024-03-04",
-            "--end",
-            "2024-03-06",
-        ]
+        args = archiver_command("backfill", "--start", "2024-03-04", "--end", "2024-03-06")
         process = subprocess.Popen(
             args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )

@@ -9,45 +9,20 @@ lists what each server supports.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import random
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
-import boto3
 import botocore.exceptions
 import pytest
-from test_store import count_up_concurrently
+from test_store import b64_sha256, bucket_of, count_up_concurrently, raw_client, spool_file
 
 from archiver.errors import RetryableError, UsageError, WindowError
-from archiver.store import S3Store, Store, StoreOptions, open_store
+from archiver.store import S3Store, StoreOptions, open_store
 
 MiB = 1024 * 1024
-
-
-def raw_client() -> Any:
-    """A plain boto3 S3 client on the AWS chain (for looking behind the store)."""
-    return boto3.session.Session().client("s3")
-
-
-def bucket_of(destination: str) -> str:
-    """The bucket of an `s3://bucket/prefix` destination."""
-    return destination.removeprefix("s3://").split("/")[0]
-
-
-def spool_file(store: Store, data: bytes) -> tuple[Path, str]:
-    """A file in the store's spool holding `data`, and its SHA-256 hex digest."""
-    path = store.spool_dir() / f"test-{random.getrandbits(64):x}.partial"
-    path.write_bytes(data)
-    return path, hashlib.sha256(data).hexdigest()
-
-
-def b64_sha256(data: bytes) -> str:
-    """The base64 SHA-256 that S3 reports in x-amz-checksum-sha256."""
-    return base64.b64encode(hashlib.sha256(data).digest()).decode()
 
 
 def error_code(exc: botocore.exceptions.ClientError) -> str:

@@ -127,7 +127,7 @@ def test_deleted_object_is_missing(archive: Archive, capsys: pytest.CaptureFixtu
         1,
         [
             f"MISSING {KEY}: recorded in the manifest, not in the destination",
-            "verified 4 objects: 1 problems",
+            "verified 4 objects: 1 problem",
         ],
     ) == run_verify(capsys)
 
@@ -144,7 +144,7 @@ def test_flipped_byte_fails_the_checksum(
         1,
         [
             f"CHECKSUM {KEY}: sha256 {sha256(bytes(corrupted))} != recorded {sha256(original)}",
-            "verified 4 objects: 1 problems",
+            "verified 4 objects: 1 problem",
         ],
     ) == run_verify(capsys)
 
@@ -190,7 +190,7 @@ def test_stray_object_is_reported(archive: Archive, capsys: pytest.CaptureFixtur
     archive.write(stray, archive.read(KEY))
     assert (
         1,
-        [f"STRAY {stray}: not in the manifest", "verified 4 objects: 1 problems"],
+        [f"STRAY {stray}: not in the manifest", "verified 4 objects: 1 problem"],
     ) == run_verify(capsys)
 
 

@@ -7,7 +7,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import anyio
 import pytest
 from archive_check import assert_archive_exact, read_local, read_s3
-from test_backfill import archiver_env
+from test_backfill import archiver_command, archiver_env
 
 from archiver.cli import main
 from archiver.emulator import Emulator, EmulatorConfig
@@ -27,11 +26,6 @@ from archiver.windows import Window, format_instant
 
 START = datetime(2024, 3, 4, tzinfo=UTC)
 ROWS = {Kind.PSTN: 1500, Kind.DIRECT_ROUTING: 1100}
-
-
-def archiver_command(*args: str) -> list[str]:
-    """The archiver as a separate process."""
-    return [sys.executable, "-m", "archiver", *args]
 
 
 def test_sigkill_at_random_moments_then_a_full_run_leaves_an_exact_archive(
