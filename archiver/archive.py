@@ -19,7 +19,6 @@ from typing import Any
 import anyio
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from archiver import __version__
 from archiver.config import Config
@@ -30,6 +29,7 @@ from archiver.lease import Claim, Leases, Outcome
 from archiver.manifest import Manifest, Record, State, now_iso
 from archiver.metrics import Metrics
 from archiver.parquet import WindowWriter, WrittenFile
+from archiver.reconcile import Reconciled, reconcile
 from archiver.schema import rows_to_batch, schema_for
 from archiver.spool import Spool
 from archiver.store import Store
@@ -43,14 +43,12 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-def select_rows(
-    kind: Kind, rows: list[dict[str, Any]], window: Window, seen: set[str]
-) -> pa.RecordBatch:
-    """Typed rows of one page that belong to the window and were not seen before.
+def select_rows(kind: Kind, rows: list[dict[str, Any]], window: Window) -> pa.RecordBatch:
+    """Typed rows of one page that belong to the window.
 
     PSTN's inclusive end returns rows that start exactly at the window end: those
-    belong to the next window. Paging over live data can repeat a row: the first
-    copy wins. A row without a start time stays where Graph put it.
+    belong to the next window. A row without a start time stays where Graph put it.
+    Repeated rows are left to `reconcile`, once the window is complete.
     """
     batch = rows_to_batch(kind, rows)
     if not batch.num_rows:
@@ -60,47 +58,17 @@ def select_rows(
     inside = pc.and_(
         pc.greater_equal(start, pa.scalar(window.start, unit)),
         pc.less(start, pa.scalar(window.end, unit)),
-    ).fill_null(True)
-    keep: list[bool] = []
-    for row_id, ok in zip(batch.column("id").to_pylist(), inside.to_pylist(), strict=True):
-        fresh = ok and row_id not in seen
-        if fresh:
-            seen.add(row_id)
-        keep.append(fresh)
-    return batch.filter(pa.array(keep, pa.bool_()))
+    )
+    if inside.null_count == 0 and inside.false_count == 0:
+        return batch
+    return batch.filter(inside.fill_null(True))
 
 
-def write_page(
-    writer: WindowWriter, rows: list[dict[str, Any]], window: Window, seen: set[str]
-) -> None:
+def write_page(writer: WindowWriter, rows: list[dict[str, Any]], window: Window) -> None:
     """Type one page, keep what belongs to the window, write it: one worker-thread hop
     per page. The parsed rows are freed here too, not on the event loop."""
-    writer.write(select_rows(window.kind, rows, window, seen))
+    writer.write(select_rows(window.kind, rows, window))
     rows.clear()
-
-
-def keep_unseen(path: Path, writer: WindowWriter, seen: set[str]) -> int:
-    """Write the rows of the Parquet file `path` whose id is not in `seen`; how many.
-
-    Read batch by batch and conformed to the current schema (a column an older file
-    lacks is null), so memory stays bounded and old archives merge with new ones.
-    """
-    schema = writer.schema
-    ids = pa.array(list(seen), pa.string())
-    kept = 0
-    with pq.ParquetFile(path) as file:
-        for batch in file.iter_batches(batch_size=65_536):
-            columns = [
-                batch.column(f.name).cast(f.type)
-                if f.name in batch.schema.names
-                else pa.nulls(batch.num_rows, f.type)
-                for f in schema
-            ]
-            conformed = pa.RecordBatch.from_arrays(columns, schema=schema)
-            unseen = conformed.filter(pc.invert(pc.is_in(conformed.column("id"), value_set=ids)))
-            writer.write(unseen)
-            kept += unseen.num_rows
-    return kept
 
 
 class Archiver:
@@ -193,21 +161,25 @@ class Archiver:
             "graph_version": self.config.graph_version,
             "fetched_at": started_at,
         }
-        writer = await anyio.to_thread.run_sync(
-            WindowWriter, spool, schema_for(window.kind), metadata
-        )
+        schema = schema_for(window.kind)
+        writer = await anyio.to_thread.run_sync(WindowWriter, spool, schema, metadata)
         try:
-            seen: set[str] = set()
             async for rows in self.graph.pages(window, stats):
-                await anyio.to_thread.run_sync(write_page, writer, rows, window, seen)
-            kept = await self._keep_previous(window, writer, seen)
-            written: WrittenFile = await anyio.to_thread.run_sync(writer.close)
-            if lost is not None and lost.is_set():
-                raise anyio.get_cancelled_exc_class()()
+                await anyio.to_thread.run_sync(write_page, writer, rows, window)
+            fetched: WrittenFile = await anyio.to_thread.run_sync(writer.close)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(writer.abort)
             raise
+        try:
+            final = await self._reconcile(window, fetched, schema, metadata)
+        except BaseException:
+            fetched.path.unlink(missing_ok=True)
+            raise
+        written = final.file
+        if lost is not None and lost.is_set():
+            written.path.unlink(missing_ok=True)
+            raise anyio.get_cancelled_exc_class()()
         try:
             info = await anyio.to_thread.run_sync(
                 self.store.put_file, window.key, written.path, written.sha256
@@ -240,7 +212,8 @@ class Archiver:
                     "kind": window.kind.value,
                     "window": format_instant(window.start),
                     "rows": written.rows,
-                    "kept": kept,
+                    "kept": final.kept,
+                    "repeated": final.repeated,
                     "pages": stats.pages,
                     "retries": stats.retries,
                     "throttled": stats.throttled,
@@ -273,28 +246,43 @@ class Archiver:
                 when = parse_instant(summary["last_success"]).timestamp()
                 self.metrics.last_success.labels(kind).set(when)
 
-    async def _keep_previous(self, window: Window, writer: WindowWriter, seen: set[str]) -> int:
-        """Re-archiving: add the rows of the window's current object that this fetch did not
-        return, so the archive never loses a row it once held. Returns how many."""
+    async def _reconcile(
+        self, window: Window, fetched: WrittenFile, schema: pa.Schema, metadata: dict[str, str]
+    ) -> Reconciled:
+        """Each row once, and on a re-archive the rows of the window's current object that
+        this fetch did not return, so the archive never loses a row it once held."""
         record = self.manifest.get(window)
-        if record is None or record.state != State.DONE.value or not record.key:
-            return 0
-        previous = self.spool.path(f"{window.kind.value}-{window.name}-{uuid.uuid4().hex}.prev")
+        redo = record is not None and record.state == State.DONE.value and bool(record.key)
+        name = f"{window.kind.value}-{window.name}-{uuid.uuid4().hex}"
+        previous = self.spool.path(f"{name}.prev") if redo else None
+        out = self.spool.path(f"{name}.final")
         try:
-            try:
-                await anyio.to_thread.run_sync(self.store.download, record.key, previous)
-            except RetryableError:
-                raise
-            except WindowError:
-                if await anyio.to_thread.run_sync(self.store.head, record.key) is not None:
-                    raise
-                log.warning(
-                    "%s: its archived object %s is missing; archived anew", window, record.key
-                )
-                return 0
-            return await anyio.to_thread.run_sync(keep_unseen, previous, writer, seen)
+            if previous is not None and not await self._download(window, record, previous):
+                previous = None
+            return await anyio.to_thread.run_sync(
+                reconcile, fetched, previous, out, schema, metadata
+            )
+        except BaseException:
+            out.unlink(missing_ok=True)  # finished after all, but cancelled meanwhile
+            raise
         finally:
-            previous.unlink(missing_ok=True)
+            if previous is not None:
+                previous.unlink(missing_ok=True)
+
+    async def _download(self, window: Window, record: Record | None, path: Path) -> bool:
+        """Fetch the window's archived object into `path`; False when it is gone."""
+        assert record is not None and record.key
+        key = record.key
+        try:
+            await anyio.to_thread.run_sync(self.store.download, key, path)
+        except RetryableError:
+            raise
+        except WindowError:
+            if await anyio.to_thread.run_sync(self.store.head, key) is not None:
+                raise
+            log.warning("%s: its archived object %s is missing; archived anew", window, key)
+            return False
+        return True
 
     async def fail(self, window: Window, error: str) -> None:
         """Record that a window failed, with its error."""

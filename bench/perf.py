@@ -9,8 +9,9 @@ is the median of several runs (the table says how many). Measured:
 
 1. CPU per row, page bytes to typed Parquet, in this process: real emulator pages
    (fetched once with a plain client), then the archiver's own path (`graph.parse_page`,
-   `archive.select_rows` -> `schema.rows_to_batch` + window filter + dedup,
-   `parquet.WindowWriter` write/close incl. SHA-256) against the floor on the same bytes:
+   `archive.select_rows` -> `schema.rows_to_batch` + window filter, `parquet.WindowWriter`
+   write/close incl. SHA-256, then `reconcile.reconcile`, the dedup by id) against the
+   floor on the same bytes:
    `orjson.loads` + `pyarrow.parquet.write_table` (zstd) of the already-typed table.
 2. End to end without a cap or latency: rows/s of a backfill of both kinds into a local
    folder and into moto S3. The archiver runs in a subprocess that times
@@ -420,6 +421,7 @@ def archiver_path(kind_name: str, pages: list[bytes], path: Path) -> dict[str, f
     from archiver.graph import parse_page
     from archiver.kinds import Kind
     from archiver.parquet import WindowWriter
+    from archiver.reconcile import reconcile
     from archiver.schema import schema_for
     from archiver.windows import Window
 
@@ -430,25 +432,27 @@ def archiver_path(kind_name: str, pages: list[bytes], path: Path) -> dict[str, f
     began, wall = clock(), time.perf_counter()
     parse = select = write = 0.0
     writer = WindowWriter(path, schema_for(kind), _metadata(kind_name))
-    seen: set[str] = set()
     for body in pages:
         t0 = clock()
         rows = parse_page(body)["value"]  # as graph.py parses a page
         t1 = clock()
-        batch = select_rows(kind, rows, window, seen)
+        batch = select_rows(kind, rows, window)
         t2 = clock()
         writer.write(batch)
         t3 = clock()
         parse, select, write = parse + t1 - t0, select + t2 - t1, write + t3 - t2
     t3 = clock()
-    writer.close()
-    write += clock() - t3
+    fetched = writer.close()
+    t4 = clock()
+    reconcile(fetched, None, path.with_suffix(".final"), schema_for(kind), _metadata(kind_name))
+    write += t4 - t3
     return {
         "cpu": clock() - began,
         "wall": time.perf_counter() - wall,
         "parse_page": parse,
         "select_rows": select,
         "write+close": write,
+        "reconcile": clock() - t4,
     }
 
 
@@ -886,7 +890,8 @@ def report(
             f"- {f.kind} {f.version} ({f.rows:,} rows, {f.pages} pages): archiver "
             f"parse_page {f.median(a, 'parse_page'):.2f} + select_rows "
             f"{f.median(a, 'select_rows'):.2f} (rows_to_batch alone {to_batch:.2f}) + "
-            f"write+close {f.median(a, 'write+close'):.2f}; floor orjson.loads "
+            f"write+close {f.median(a, 'write+close'):.2f} + reconcile "
+            f"{f.median(a, 'reconcile'):.2f}; floor orjson.loads "
             f"{f.median(fl, 'orjson.loads'):.2f} + write_table {f.median(fl, 'write_table'):.2f}"
         )
     add("")
