@@ -29,7 +29,7 @@ from archiver.lease import Claim, Leases, Outcome
 from archiver.manifest import Manifest, Record, State, now_iso
 from archiver.metrics import Metrics
 from archiver.parquet import WindowWriter, WrittenFile
-from archiver.reconcile import Reconciled, reconcile
+from archiver.reconcile import Ids, Reconciled, reconcile
 from archiver.schema import rows_to_batch, schema_for
 from archiver.spool import Spool
 from archiver.store import Store
@@ -64,10 +64,12 @@ def select_rows(kind: Kind, rows: list[dict[str, Any]], window: Window) -> pa.Re
     return batch.filter(inside.fill_null(True))
 
 
-def write_page(writer: WindowWriter, rows: list[dict[str, Any]], window: Window) -> None:
-    """Type one page, keep what belongs to the window, write it: one worker-thread hop
-    per page. The parsed rows are freed here too, not on the event loop."""
-    writer.write(select_rows(window.kind, rows, window))
+def write_page(writer: WindowWriter, rows: list[dict[str, Any]], window: Window, ids: Ids) -> None:
+    """Type one page, keep what belongs to the window, write it, note its ids: one
+    worker-thread hop per page. The parsed rows are freed here too, not on the loop."""
+    batch = select_rows(window.kind, rows, window)
+    writer.write(batch)
+    ids.add(batch)
     rows.clear()
 
 
@@ -163,19 +165,21 @@ class Archiver:
         }
         schema = schema_for(window.kind)
         writer = await anyio.to_thread.run_sync(WindowWriter, spool, schema, metadata)
+        ids = Ids()
         try:
             async for rows in self.graph.pages(window, stats):
-                await anyio.to_thread.run_sync(write_page, writer, rows, window)
+                await anyio.to_thread.run_sync(write_page, writer, rows, window, ids)
             fetched: WrittenFile = await anyio.to_thread.run_sync(writer.close)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(writer.abort)
             raise
         try:
-            final = await self._reconcile(window, fetched, schema, metadata)
+            final = await self._reconcile(window, fetched, ids.column(), schema, metadata)
         except BaseException:
             fetched.path.unlink(missing_ok=True)
             raise
+        del ids  # up to ~40 MB per million rows: not held while the object is stored
         written = final.file
         if lost is not None and lost.is_set():
             written.path.unlink(missing_ok=True)
@@ -247,7 +251,12 @@ class Archiver:
                 self.metrics.last_success.labels(kind).set(when)
 
     async def _reconcile(
-        self, window: Window, fetched: WrittenFile, schema: pa.Schema, metadata: dict[str, str]
+        self,
+        window: Window,
+        fetched: WrittenFile,
+        ids: pa.ChunkedArray,
+        schema: pa.Schema,
+        metadata: dict[str, str],
     ) -> Reconciled:
         """Each row once, and on a re-archive the rows of the window's current object that
         this fetch did not return, so the archive never loses a row it once held."""
@@ -260,7 +269,7 @@ class Archiver:
             if previous is not None and not await self._download(window, record, previous):
                 previous = None
             return await anyio.to_thread.run_sync(
-                reconcile, fetched, previous, out, schema, metadata
+                reconcile, fetched, ids, previous, out, schema, metadata
             )
         except BaseException:
             out.unlink(missing_ok=True)  # finished after all, but cancelled meanwhile

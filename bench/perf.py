@@ -421,7 +421,7 @@ def archiver_path(kind_name: str, pages: list[bytes], path: Path) -> dict[str, f
     from archiver.graph import parse_page
     from archiver.kinds import Kind
     from archiver.parquet import WindowWriter
-    from archiver.reconcile import reconcile
+    from archiver.reconcile import Ids, reconcile
     from archiver.schema import schema_for
     from archiver.windows import Window
 
@@ -432,6 +432,7 @@ def archiver_path(kind_name: str, pages: list[bytes], path: Path) -> dict[str, f
     began, wall = clock(), time.perf_counter()
     parse = select = write = 0.0
     writer = WindowWriter(path, schema_for(kind), _metadata(kind_name))
+    ids = Ids()
     for body in pages:
         t0 = clock()
         rows = parse_page(body)["value"]  # as graph.py parses a page
@@ -439,12 +440,14 @@ def archiver_path(kind_name: str, pages: list[bytes], path: Path) -> dict[str, f
         batch = select_rows(kind, rows, window)
         t2 = clock()
         writer.write(batch)
+        ids.add(batch)
         t3 = clock()
         parse, select, write = parse + t1 - t0, select + t2 - t1, write + t3 - t2
     t3 = clock()
     fetched = writer.close()
     t4 = clock()
-    reconcile(fetched, None, path.with_suffix(".final"), schema_for(kind), _metadata(kind_name))
+    final = path.with_suffix(".final")
+    reconcile(fetched, ids.column(), None, final, schema_for(kind), _metadata(kind_name))
     write += t4 - t3
     return {
         "cpu": clock() - began,
