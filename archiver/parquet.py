@@ -1,8 +1,9 @@
 """Parquet files, one per window, written as a stream of row groups to a local spool file.
 
 Batches are buffered only up to one row group, so memory does not grow with the
-size of a window. Provenance goes into the file's key-value metadata. Blocking:
-callers run these methods in a worker thread.
+size of a window. Columns with a value per row are written without a dictionary.
+Provenance goes into the file's key-value metadata. Blocking: callers run these
+methods in a worker thread.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from archiver.schema import UNIQUE_PER_ROW
 
 ROW_GROUP_ROWS = 100_000  # rows per row group: big enough for scans, small enough for memory
 COMPRESSION = "zstd"
@@ -52,7 +55,7 @@ class WindowWriter:
             path,
             schema.with_metadata(self._metadata),
             compression=COMPRESSION,
-            use_dictionary=True,
+            use_dictionary=[f.name for f in schema if f.name not in UNIQUE_PER_ROW],
             write_statistics=True,
         )
 

@@ -1,0 +1,37 @@
+"""The window's Parquet file: row groups, dictionaries, provenance."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from archiver.kinds import Kind
+from archiver.parquet import WindowWriter
+from archiver.schema import rows_to_batch, schema_for
+
+
+def test_columns_with_a_value_per_row_are_written_without_a_dictionary(tmp_path: Path) -> None:
+    """Ids and timestamps are plain (a dictionary of unique values only grows the file);
+    repetitive text keeps its dictionary."""
+    rows = [
+        {
+            "id": f"row-{n}",
+            "callId": f"call-{n}",
+            "startDateTime": f"2024-03-04T10:{n // 60:02d}:{n % 60:02d}Z",
+            "callType": "user_in" if n % 2 else "user_out",
+        }
+        for n in range(500)
+    ]
+    writer = WindowWriter(tmp_path / "w.parquet", schema_for(Kind.PSTN), {"kind": "pstn"})
+    writer.write(rows_to_batch(Kind.PSTN, rows))
+    written = writer.close()
+    group = pq.read_metadata(written.path).row_group(0)
+    encodings = {
+        group.column(i).path_in_schema: group.column(i).encodings for i in range(group.num_columns)
+    }
+    for plain in ("id", "callId", "startDateTime", "endDateTime", "additionalData"):
+        assert "RLE_DICTIONARY" not in encodings[plain], plain
+    for repetitive in ("callType", "currency", "userId"):
+        assert "RLE_DICTIONARY" in encodings[repetitive], repetitive
+    assert rows_to_batch(Kind.PSTN, rows).to_pylist() == pq.read_table(written.path).to_pylist()
