@@ -274,9 +274,13 @@ def _fast_timestamps(column: pa.Array) -> pa.Array:
     valid = pc.match_substring_regex(column, _TS_PATTERN_RE2)
     if not pc.all(pc.or_(sentinel, valid), min_count=0).as_py():
         raise _Unclean("a timestamp is not in Graph's ISO-8601 form")
-    column = pc.if_else(sentinel, _NULL_STRING, column)  # year 1 is outside the ns range
+    if sentinel.true_count:
+        column = pc.if_else(sentinel, _NULL_STRING, column)  # year 1 is outside the ns range
     nanos = column.cast(_NS)  # 7 digits and offsets; raises outside years 1677-2262
-    return pc.floor_temporal(nanos, unit="microsecond").cast(TIMESTAMP)
+    earliest = pc.min(nanos).value
+    if earliest is not None and earliest < 0:  # before 1970, truncating is not flooring
+        nanos = pc.floor_temporal(nanos, unit="microsecond")
+    return nanos.cast(TIMESTAMP, safe=False)  # after 1970, dropping digits floors
 
 
 def _fast_additional(known: frozenset[str], rows: Sequence[dict[str, Any]]) -> pa.Array:

@@ -39,7 +39,14 @@ from archiver.emulator import (
     RequestRecord,
     build_app,
 )
-from archiver.emulator.data import BETA_ONLY, SENTINEL, parse_datetime
+from archiver.emulator.data import (
+    BETA_ONLY,
+    SENTINEL,
+    TICKS_PER_DAY,
+    DataParams,
+    Dataset,
+    parse_datetime,
+)
 from archiver.kinds import Kind
 
 DAY = dt.datetime(2024, 3, 1, tzinfo=dt.UTC)
@@ -899,3 +906,28 @@ def test_module_command_prints_how_to_connect_and_stops_on_ctrl_c() -> None:
         process.send_signal(signal.SIGINT)
         process.communicate(timeout=20)
     assert process.returncode == 0
+
+
+def test_cached_slices_are_served_exactly_as_generated() -> None:
+    """With cache_rows, a slice served again is the same text; a new seed, a late row or
+    the other version is never answered from the cache; the cache keeps to its bound."""
+    low = parse_datetime("2024-03-04T00:00:00Z")
+    high = low + TICKS_PER_DAY
+    params = DataParams(seed=1, rows_per_day=300, unknown_property_every=97)
+    plain, cached = Dataset(), Dataset(cache_rows=250)
+    for _ in range(2):  # the second round comes from the cache where it can
+        for beta in (False, True):
+            for skip in (0, 100, 200):
+                expected = plain.select(Kind.PSTN, params, beta, low, high, skip, 100)
+                assert expected == cached.select(Kind.PSTN, params, beta, low, high, skip, 100)
+    other = DataParams(seed=2, rows_per_day=300, unknown_property_every=97)
+    assert plain.select(Kind.PSTN, other, False, low, high, 0, 100) == cached.select(
+        Kind.PSTN, other, False, low, high, 0, 100
+    )
+    late = {"id": "late-1", "startDateTime": "2024-03-04T00:00:00Z"}
+    for dataset in (plain, cached):
+        dataset.add_rows(Kind.PSTN, [late])
+    texts, total = cached.select(Kind.PSTN, params, False, low, high, 0, 100)
+    assert (texts, total) == plain.select(Kind.PSTN, params, False, low, high, 0, 100)
+    assert 301 == total and any('"late-1"' in text for text in texts)
+    assert cached._cached_rows <= 250

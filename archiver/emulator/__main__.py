@@ -22,6 +22,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--pstn-rows-per-day", type=int, default=2000)
     parser.add_argument("--direct-routing-rows-per-day", type=int, default=1500)
     parser.add_argument("--latency", type=float, default=0.0, help="seconds per Graph page")
+    parser.add_argument(
+        "--cache-rows", type=int, default=0, help="keep the texts of up to N served rows"
+    )
     parser.add_argument("--rate-cap", type=int, default=None, help="Graph requests/min per kind")
     parser.add_argument("--throttle", type=float, default=0.0, help="probability of a 429")
     parser.add_argument("--server-error", type=float, default=0.0, help="probability of a 5xx")
@@ -41,6 +44,7 @@ def main(argv: list[str] | None = None) -> None:
             Kind.DIRECT_ROUTING: args.direct_routing_rows_per_day,
         },
         latency=args.latency,
+        cache_rows=args.cache_rows,
         rate_cap_per_minute=args.rate_cap,
         faults=Faults(throttle=args.throttle, server_error=args.server_error, reset=args.reset),
         permission=not args.no_permission,

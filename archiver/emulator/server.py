@@ -123,6 +123,7 @@ class EmulatorConfig:
     token_outages: int = 0  # the next N token requests answer 503 (each one counts down)
     federated_tokens: list[str] = field(default_factory=list)  # accepted client_assertions
     trusted_certificates: list[bytes] = field(default_factory=list)  # PEM; may sign assertions
+    cache_rows: int = 0  # keep the texts of up to this many served rows (read at start)
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,7 @@ class EmulatorState:
 
     def __init__(self, config: EmulatorConfig | None = None) -> None:
         self.config = config if config is not None else EmulatorConfig()
-        self.dataset = Dataset()
+        self.dataset = Dataset(cache_rows=self.config.cache_rows)
         self._lock = threading.Lock()
         self._log: list[RequestRecord] = []
         self._tokens: dict[str, float] = {}  # access token -> expiry (time.time())
