@@ -37,6 +37,8 @@ from archiver.windows import Window, format_instant, parse_instant
 
 log = logging.getLogger(__name__)
 
+READ_AHEAD = 1  # pages fetched ahead of the one being written, per window
+
 
 def worker_id() -> str:
     """This process, as claims name it: host, pid and a random part (pids repeat in containers)."""
@@ -167,8 +169,7 @@ class Archiver:
         writer = await anyio.to_thread.run_sync(WindowWriter, spool, schema, metadata)
         ids = Ids()
         try:
-            async for rows in self.graph.pages(window, stats):
-                await anyio.to_thread.run_sync(write_page, writer, rows, window, ids)
+            await self._fetch_and_write(window, stats, writer, ids)
             fetched: WrittenFile = await anyio.to_thread.run_sync(writer.close)
         except BaseException:
             with anyio.CancelScope(shield=True):
@@ -226,6 +227,25 @@ class Archiver:
             },
         )
         return record
+
+    async def _fetch_and_write(
+        self, window: Window, stats: WindowStats, writer: WindowWriter, ids: Ids
+    ) -> None:
+        """Write the window's pages in order, fetching the next page while one is written:
+        with many windows in flight, a page's typing then no longer delays the request
+        for the next one. At most READ_AHEAD pages wait, so memory stays bounded."""
+        send, receive = anyio.create_memory_object_stream[list[dict[str, Any]]](READ_AHEAD)
+
+        async def fetch() -> None:
+            async with send:
+                async for rows in self.graph.pages(window, stats):
+                    await send.send(rows)
+
+        with unwrapped():
+            async with anyio.create_task_group() as group, receive:
+                group.start_soon(fetch)
+                async for rows in receive:
+                    await anyio.to_thread.run_sync(write_page, writer, rows, window, ids)
 
     def count(self, record: Record, stats: WindowStats) -> None:
         """Move the metrics for one archived window."""
