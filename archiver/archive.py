@@ -28,7 +28,7 @@ from archiver.kinds import Kind
 from archiver.lease import Claim, Leases, Outcome
 from archiver.manifest import Manifest, Record, State, now_iso
 from archiver.metrics import Metrics
-from archiver.parquet import WindowWriter, WrittenFile
+from archiver.parquet import WindowWriter, WrittenFile, group_rows
 from archiver.reconcile import Ids, Reconciled, reconcile
 from archiver.schema import rows_to_batch, schema_for
 from archiver.spool import Spool
@@ -166,7 +166,8 @@ class Archiver:
             "fetched_at": started_at,
         }
         schema = schema_for(window.kind)
-        writer = await anyio.to_thread.run_sync(WindowWriter, spool, schema, metadata)
+        rows = group_rows(self.config.concurrency)
+        writer = await anyio.to_thread.run_sync(WindowWriter, spool, schema, metadata, rows)
         ids = Ids()
         try:
             await self._fetch_and_write(window, stats, writer, ids)
@@ -280,6 +281,7 @@ class Archiver:
     ) -> Reconciled:
         """Each row once, and on a re-archive the rows of the window's current object that
         this fetch did not return, so the archive never loses a row it once held."""
+        rows = group_rows(self.config.concurrency)
         record = self.manifest.get(window)
         redo = record is not None and record.state == State.DONE.value and bool(record.key)
         name = f"{window.kind.value}-{window.name}-{uuid.uuid4().hex}"
@@ -289,7 +291,7 @@ class Archiver:
             if previous is not None and not await self._download(window, record, previous):
                 previous = None
             return await anyio.to_thread.run_sync(
-                reconcile, fetched, ids, previous, out, schema, metadata
+                reconcile, fetched, ids, previous, out, schema, metadata, rows
             )
         except BaseException:
             out.unlink(missing_ok=True)  # finished after all, but cancelled meanwhile

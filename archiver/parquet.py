@@ -1,9 +1,9 @@
 """Parquet files, one per window, written as a stream of row groups to a local spool file.
 
 Batches are buffered only up to one row group, so memory does not grow with the
-size of a window. Columns with a value per row are written without a dictionary.
-Provenance goes into the file's key-value metadata. Blocking: callers run these
-methods in a worker thread.
+size of a window; with many windows in flight the row groups are smaller. Columns
+with a value per row are written without a dictionary. Provenance goes into the
+file's key-value metadata. Blocking: callers run these methods in a worker thread.
 """
 
 from __future__ import annotations
@@ -18,6 +18,16 @@ import pyarrow.parquet as pq
 from archiver.schema import UNIQUE_PER_ROW
 
 ROW_GROUP_ROWS = 100_000  # rows per row group: big enough for scans, small enough for memory
+BUFFERED_ROWS = 200_000  # rows all windows in flight may buffer together
+MIN_GROUP_ROWS = 25_000  # ... but no row group is made smaller than this for it
+
+
+def group_rows(windows_in_flight: int) -> int:
+    """Rows per row group when this many windows are written at once: 100,000 for one or
+    two, less beyond, so the process buffers about BUFFERED_ROWS rows in all."""
+    return max(MIN_GROUP_ROWS, min(ROW_GROUP_ROWS, BUFFERED_ROWS // max(1, windows_in_flight)))
+
+
 COMPRESSION = "zstd"
 META_PREFIX = "archiver."
 
@@ -44,10 +54,17 @@ def sha256_file(path: Path) -> str:
 class WindowWriter:
     """Writes one window's batches into `path`; `close()` finishes and hashes the file."""
 
-    def __init__(self, path: Path, schema: pa.Schema, metadata: dict[str, str]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        schema: pa.Schema,
+        metadata: dict[str, str],
+        group_rows: int = ROW_GROUP_ROWS,
+    ) -> None:
         self.path = path
         self.rows = 0
         self.schema = schema
+        self.group_rows = group_rows
         self._metadata = {f"{META_PREFIX}{k}": v for k, v in metadata.items()}
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
@@ -60,21 +77,25 @@ class WindowWriter:
         )
 
     def write(self, batch: pa.RecordBatch) -> None:
-        """Add rows; a row group is flushed whenever enough rows are buffered."""
+        """Add rows; each time a row group's worth is buffered, it is written."""
         if not batch.num_rows:
             return
         self._pending.append(batch)
         self._pending_rows += batch.num_rows
         self.rows += batch.num_rows
-        if self._pending_rows >= ROW_GROUP_ROWS:
-            self._flush()
+        if self._pending_rows >= self.group_rows:
+            self._flush(whole_groups_only=True)
 
-    def _flush(self) -> None:
-        if self._pending:
-            table = pa.Table.from_batches(self._pending, schema=self.schema)
-            self._writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
-            self._pending = []
-            self._pending_rows = 0
+    def _flush(self, whole_groups_only: bool = False) -> None:
+        """Write the buffered rows as row groups of `group_rows`; the rest of a group stays
+        buffered when `whole_groups_only` (so no small group is cut off mid-window)."""
+        if not self._pending:
+            return
+        table = pa.Table.from_batches(self._pending, schema=self.schema)
+        keep = table.num_rows % self.group_rows if whole_groups_only else 0
+        self._writer.write_table(table.slice(0, table.num_rows - keep), self.group_rows)
+        self._pending = table.slice(table.num_rows - keep).to_batches() if keep else []
+        self._pending_rows = keep
 
     def close(self) -> WrittenFile:
         """Flush, record the row count in the metadata, close, and hash the file."""

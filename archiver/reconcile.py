@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from archiver.parquet import WindowWriter, WrittenFile
+from archiver.parquet import ROW_GROUP_ROWS, WindowWriter, WrittenFile
 
 ID = "id"
 BATCH_ROWS = 65_536  # rows per batch when a file is copied
@@ -236,14 +236,15 @@ def reconcile(
     out: Path,
     schema: pa.Schema,
     metadata: dict[str, str],
+    group_rows: int = ROW_GROUP_ROWS,
 ) -> Reconciled:
     """Make `fetched` (whose rows have `ids`) the window's final file: each id once (its
     first copy), then the rows of `previous` (the object already archived, if any) whose
     id this fetch lacks.
 
-    Returns `fetched` itself when nothing changes; otherwise writes `out` (with `schema`
-    and `metadata`, as `fetched` was written) and removes `fetched`. Blocking: run it in
-    a worker thread.
+    Returns `fetched` itself when nothing changes; otherwise writes `out` (with `schema`,
+    `metadata` and `group_rows`, as `fetched` was written) and removes `fetched`.
+    Blocking: run it in a worker thread.
     """
     repeated = repeated_rows(ids)
     unseen = rows_not_in(ids, read_ids(previous)) if previous is not None else _concat([])
@@ -253,7 +254,7 @@ def reconcile(
             return Reconciled(fetched, 0, 0)
     first_copies = _mask(len(ids), repeated, keep_listed=False) if len(repeated) else None
     del ids
-    writer = WindowWriter(out, schema, metadata)
+    writer = WindowWriter(out, schema, metadata, group_rows)
     try:
         _copy(fetched.path, writer, first_copies)
         kept = 0

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
 from archiver.kinds import Kind
-from archiver.parquet import WindowWriter
+from archiver.parquet import WindowWriter, group_rows
 from archiver.schema import rows_to_batch, schema_for
 
 
@@ -35,3 +36,23 @@ def test_columns_with_a_value_per_row_are_written_without_a_dictionary(tmp_path:
     for repetitive in ("callType", "currency", "userId"):
         assert "RLE_DICTIONARY" in encodings[repetitive], repetitive
     assert rows_to_batch(Kind.PSTN, rows).to_pylist() == pq.read_table(written.path).to_pylist()
+
+
+@pytest.mark.parametrize(
+    ("in_flight", "rows"), [(1, 100_000), (2, 100_000), (4, 50_000), (8, 25_000), (64, 25_000)]
+)
+def test_row_groups_shrink_as_more_windows_are_in_flight(in_flight: int, rows: int) -> None:
+    """About 200,000 rows are buffered in all, never row groups under 25,000 rows."""
+    assert rows == group_rows(in_flight)
+
+
+def test_a_window_is_written_in_row_groups_of_the_size_asked(tmp_path: Path) -> None:
+    """Pages are buffered up to one row group; the last group holds what is left."""
+    writer = WindowWriter(tmp_path / "w.parquet", schema_for(Kind.PSTN), {}, group_rows=2_500)
+    for page in range(6):
+        rows = [{"id": f"{page}-{n}", "callType": "user_in"} for n in range(1_000)]
+        writer.write(rows_to_batch(Kind.PSTN, rows))
+    written = writer.close()
+    metadata = pq.read_metadata(written.path)
+    sizes = [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
+    assert ([2_500, 2_500, 1_000], 6_000) == (sizes, written.rows)
