@@ -20,7 +20,6 @@ from archiver import __version__, log
 from archiver.config import PARSERS, SECRET_KEYS, Config, load
 from archiver.errors import ArchiverError, StopRun, UsageError
 from archiver.kinds import Kind
-from archiver.parquet import use_system_allocator
 from archiver.pipeline import RunResult, backfill, open_destination
 from archiver.progress import Progress
 from archiver.windows import parse_instant
@@ -211,7 +210,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = build_parser().parse_args(argv)
-    use_system_allocator()
     try:
         return int(args.handler(args))
     except (UsageError, StopRun) as exc:

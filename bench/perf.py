@@ -1022,9 +1022,6 @@ def main() -> int:
     parser.add_argument("--runs", type=int, help="runs per end-to-end figure (default 3)")
     parser.add_argument("--no-profile", action="store_true", help="skip the profiles")
     args = parser.parse_args()
-    from archiver.parquet import use_system_allocator
-
-    use_system_allocator()  # item 1 runs in this process: the allocator `archiver` uses
     sizes = QUICK if args.quick else FULL
     if args.runs:
         sizes = dataclasses.replace(sizes, runs=args.runs, mem_runs=args.runs)

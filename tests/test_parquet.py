@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -59,24 +56,3 @@ def test_a_window_is_written_in_row_groups_of_the_size_asked(tmp_path: Path) -> 
     metadata = pq.read_metadata(written.path)
     sizes = [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
     assert ([2_500, 2_500, 1_000], 6_000) == (sizes, written.rows)
-
-
-@pytest.mark.parametrize(("chosen", "expected"), [(None, "system"), ("jemalloc", "jemalloc")])
-def test_the_command_line_lets_arrow_use_malloc_unless_told_otherwise(
-    chosen: str | None, expected: str, tmp_path: Path
-) -> None:
-    """`archiver ...` sets Arrow's memory pool to the system allocator (lower peak memory
-    with many windows in flight); ARROW_DEFAULT_MEMORY_POOL still wins."""
-    code = (
-        "import pyarrow as pa\n"
-        "from archiver.cli import main\n"
-        "main(['status'])\n"  # of ./archive in tmp_path
-        "print(pa.default_memory_pool().backend_name)\n"
-    )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ARCHIVER_", "ARROW_"))}
-    if chosen is not None:
-        env["ARROW_DEFAULT_MEMORY_POOL"] = chosen
-    done = subprocess.run(
-        [sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True
-    )
-    assert expected == done.stdout.splitlines()[-1]
