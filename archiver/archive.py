@@ -166,8 +166,8 @@ class Archiver:
             "fetched_at": started_at,
         }
         schema = schema_for(window.kind)
-        rows = group_rows(self.config.concurrency)
-        writer = await anyio.to_thread.run_sync(WindowWriter, spool, schema, metadata, rows)
+        per_group = group_rows(self.config.concurrency)
+        writer = await anyio.to_thread.run_sync(WindowWriter, spool, schema, metadata, per_group)
         ids = Ids()
         try:
             await self._fetch_and_write(window, stats, writer, ids)
@@ -181,7 +181,7 @@ class Archiver:
         except BaseException:
             fetched.path.unlink(missing_ok=True)
             raise
-        del ids  # up to ~40 MB per million rows: not held while the object is stored
+        del ids  # about 20 MB per million rows: not held while the object is stored
         written = final.file
         if lost is not None and lost.is_set():
             written.path.unlink(missing_ok=True)
@@ -281,7 +281,7 @@ class Archiver:
     ) -> Reconciled:
         """Each row once, and on a re-archive the rows of the window's current object that
         this fetch did not return, so the archive never loses a row it once held."""
-        rows = group_rows(self.config.concurrency)
+        per_group = group_rows(self.config.concurrency)
         record = self.manifest.get(window)
         redo = record is not None and record.state == State.DONE.value and bool(record.key)
         name = f"{window.kind.value}-{window.name}-{uuid.uuid4().hex}"
@@ -291,7 +291,7 @@ class Archiver:
             if previous is not None and not await self._download(window, record, previous):
                 previous = None
             return await anyio.to_thread.run_sync(
-                reconcile, fetched, ids, previous, out, schema, metadata, rows
+                reconcile, fetched, ids, previous, out, schema, metadata, per_group
             )
         except BaseException:
             out.unlink(missing_ok=True)  # finished after all, but cancelled meanwhile

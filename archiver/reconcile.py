@@ -6,8 +6,9 @@ the window's spool file is complete, from the ids alone: per page, a Python set 
 every id seen so far cost about 0.6 µs a row and 120 MB per million rows.
 
 The ids are noted as the pages are written, in a compact lossless form (20 bytes for
-a GUID: `compact`), and examined in groups by their first byte, so no hash table holds
-more than a small part of them. The file is rewritten only when something must change.
+a GUID: `compact`), and examined in 16 groups by their first byte, so no hash table
+holds more than a small part of them. The file is rewritten only when something must
+change.
 """
 
 from __future__ import annotations
