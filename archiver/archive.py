@@ -177,7 +177,9 @@ class Archiver:
                 await anyio.to_thread.run_sync(writer.abort)
             raise
         try:
-            final = await self._reconcile(window, fetched, ids.column(), schema, metadata)
+            final = await self._reconcile(
+                window, fetched, ids.column(), schema, metadata, per_group
+            )
         except BaseException:
             fetched.path.unlink(missing_ok=True)
             raise
@@ -278,10 +280,11 @@ class Archiver:
         ids: pa.ChunkedArray,
         schema: pa.Schema,
         metadata: dict[str, str],
+        per_group: int,
     ) -> Reconciled:
         """Each row once, and on a re-archive the rows of the window's current object that
-        this fetch did not return, so the archive never loses a row it once held."""
-        per_group = group_rows(self.config.concurrency)
+        this fetch did not return, so the archive never loses a row it once held. A file
+        rewritten for it is written as `fetched` was: `schema`, `metadata`, `per_group`."""
         record = self.manifest.get(window)
         redo = record is not None and record.state == State.DONE.value and bool(record.key)
         name = f"{window.kind.value}-{window.name}-{uuid.uuid4().hex}"

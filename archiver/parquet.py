@@ -20,16 +20,14 @@ from archiver.schema import UNIQUE_PER_ROW
 ROW_GROUP_ROWS = 100_000  # rows per row group: big enough for scans, small enough for memory
 BUFFERED_ROWS = 200_000  # rows all windows in flight may buffer together
 MIN_GROUP_ROWS = 25_000  # ... but no row group is made smaller than this for it
+COMPRESSION = "zstd"
+META_PREFIX = "archiver."
 
 
 def group_rows(windows_in_flight: int) -> int:
     """Rows per row group when this many windows are written at once: 100,000 for one or
     two, less beyond, so the process buffers about BUFFERED_ROWS rows in all."""
     return max(MIN_GROUP_ROWS, min(ROW_GROUP_ROWS, BUFFERED_ROWS // max(1, windows_in_flight)))
-
-
-COMPRESSION = "zstd"
-META_PREFIX = "archiver."
 
 
 @dataclass(frozen=True)

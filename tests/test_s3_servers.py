@@ -19,7 +19,7 @@ import botocore.exceptions
 import pytest
 from test_store import b64_sha256, bucket_of, count_up_concurrently, raw_client, spool_file
 
-from archiver.errors import RetryableError, UsageError, WindowError
+from archiver.errors import RetryableError, WindowError
 from archiver.store import S3Store, StoreOptions, open_store
 
 MiB = 1024 * 1024
@@ -180,19 +180,6 @@ def test_object_lock_retention_reads_back(seaweed_locked_destination: str, mode:
     assert expected == error_code(caught.value)
     manifest = client.head_object(Bucket=bucket, Key="archive/_manifest/a.json")
     assert None is manifest.get("ObjectLockMode")
-
-
-def test_check_refuses_object_lock_on_unlocked_bucket(seaweed_destination: str) -> None:
-    """SeaweedFS answers an unlocked bucket's lock configuration as AWS does, so check() says so."""
-    options = StoreOptions(object_lock_mode="GOVERNANCE", object_lock_days=1)
-    with pytest.raises(UsageError) as caught:
-        open_store(seaweed_destination, options).check()
-    bucket = bucket_of(seaweed_destination)
-    expected = (
-        f"destination {seaweed_destination}: object_lock_mode is GOVERNANCE but bucket "
-        f"'{bucket}' does not have Object Lock enabled"
-    )
-    assert expected == str(caught.value)
 
 
 # -------------------------------------------------------------- multipart, SSE
