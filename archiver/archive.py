@@ -1,5 +1,6 @@
 """One window, start to finish: claim it, fetch its pages, type and filter the rows,
-write Parquet to the spool, replace the object, record it in the manifest.
+write Parquet to the spool, reconcile (each row once), replace the object, record it
+in the manifest.
 
 The rows of a window are typed page by page in a worker thread and streamed into one
 Parquet file; a re-archive merges by id with the object already archived.
@@ -13,6 +14,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,18 +24,18 @@ import pyarrow.compute as pc
 
 from archiver import __version__
 from archiver.config import Config
-from archiver.errors import RetryableError, WindowError, unwrapped
+from archiver.errors import ArchiverError, LeaseLost, RetryableError, WindowError, unwrapped
 from archiver.graph import GraphClient, WindowStats
 from archiver.kinds import Kind
-from archiver.lease import Claim, Leases, Outcome
-from archiver.manifest import Manifest, Record, State, now_iso
+from archiver.lease import AlreadyDone, Busy, Claim, Leases
+from archiver.manifest import Manifest, Record, State, format_time, utcnow
 from archiver.metrics import Metrics
 from archiver.parquet import WindowWriter, WrittenFile, group_rows
 from archiver.reconcile import Ids, Reconciled, reconcile
 from archiver.schema import rows_to_batch, schema_for
 from archiver.spool import Spool
-from archiver.store import Store
-from archiver.windows import Window, format_instant, parse_instant
+from archiver.store import ObjectInfo, Store
+from archiver.windows import Window, format_instant
 
 log = logging.getLogger(__name__)
 
@@ -90,120 +92,75 @@ class Archiver:
     ) -> None:
         self.config = config
         self.metrics = metrics
-        self._newest: dict[str, float] = {}  # per kind: end of the newest archived window
+        self._newest: dict[Kind, float] = {}  # per kind: end of the newest archived window
         self.store = store
         self.manifest = manifest
         self.graph = graph
         self.spool = spool
         self.leases = leases
+        self._per_group = group_rows(config.concurrency)  # rows per Parquet row group
 
     async def claim_and_archive(
         self, window: Window, defer: Callable[[Window, float], None]
     ) -> Record | None:
         """Archive a window if no other worker holds it; None when it is not ours to do.
 
-        A window another worker holds is handed to `defer` with the time its lease
-        expires; one that another worker archived meanwhile is simply not ours.
+        A window another worker holds (or took over from us) is handed to `defer` with
+        the time to look again; one that another worker archived meanwhile is not ours.
         """
         redo = self.manifest.is_done(window)  # a re-archive (run's re-sweep)
-        outcome, detail = await anyio.to_thread.run_sync(self.leases.claim, window, redo)
-        if outcome is Outcome.BUSY:
-            assert isinstance(detail, float)
-            defer(window, detail)
+        outcome = await anyio.to_thread.run_sync(self.leases.claim, window, redo)
+        if isinstance(outcome, Busy):
+            defer(window, outcome.until)
             return None
-        if outcome is Outcome.DONE:
+        if isinstance(outcome, AlreadyDone):
             return None
-        assert isinstance(detail, Claim)
-        claim = detail
-        if outcome is Outcome.TAKEN_OVER:
+        claim = outcome.claim
+        if outcome.taken_over:
             await self.manifest.load()  # its dead holder may have finished it
-            if self.manifest.is_done(window):
-                await anyio.to_thread.run_sync(self.leases.finish, claim)
+            if self.manifest.is_done(window) and not redo:
+                await self._settle_claim(self.leases.finish, claim)
                 return None
-        lost = anyio.Event()
         try:
-            with unwrapped():
-                async with anyio.create_task_group() as group:
-                    group.start_soon(self._keep_lease, claim, lost, group.cancel_scope)
-                    record = await self.archive(window, lost)
-                    group.cancel_scope.cancel()
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self.leases.release, claim)
-            raise
-        if lost.is_set():
-            log.warning("lost the lease of %s to another worker; left to it", window)
+            async with self.leases.hold(claim):
+                record = await self.archive(window)
+        except LeaseLost as exc:
+            log.warning("%s; left to it", exc)
             defer(window, time.time() + self.leases.duration)
             return None
-        await anyio.to_thread.run_sync(self.leases.finish, claim)
-        return record
-
-    async def _keep_lease(self, claim: Claim, lost: anyio.Event, scope: anyio.CancelScope) -> None:
-        """Renew the lease while the window is worked on; on losing it, stop the work."""
-        while True:
-            await anyio.sleep(self.leases.duration / 3)
-            if not await anyio.to_thread.run_sync(self.leases.renew, claim):
-                lost.set()
-                scope.cancel()
-                return
-
-    async def archive(self, window: Window, lost: anyio.Event | None = None) -> Record:
-        """Fetch, write, store and record one window; WindowError if it fails.
-
-        `lost` is set when another worker took the window over: then nothing is stored.
-        """
-        stats = WindowStats()
-        began = time.monotonic()
-        started_at = now_iso()
-        spool = self.spool.path(f"{window.kind.value}-{window.name}-{uuid.uuid4().hex}.partial")
-        metadata = {
-            "version": __version__,
-            "kind": window.kind.value,
-            "window_start": format_instant(window.start),
-            "window_end": format_instant(window.end),
-            "graph_url": self.config.graph_url,
-            "graph_version": self.config.graph_version,
-            "fetched_at": started_at,
-        }
-        schema = schema_for(window.kind)
-        per_group = group_rows(self.config.concurrency)
-        writer = await anyio.to_thread.run_sync(WindowWriter, spool, schema, metadata, per_group)
-        ids = Ids()
-        try:
-            await self._fetch_and_write(window, stats, writer, ids)
-            fetched: WrittenFile = await anyio.to_thread.run_sync(writer.close)
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(writer.abort)
+                await self._settle_claim(self.leases.release, claim)
             raise
+        await self._settle_claim(self.leases.finish, claim)
+        return record
+
+    async def _settle_claim(self, action: Callable[[Claim], None], claim: Claim) -> None:
+        """Finish or release a claim; if the store fails, the lease simply expires."""
         try:
-            final = await self._reconcile(
-                window, fetched, ids.column(), schema, metadata, per_group
-            )
-        except BaseException:
-            fetched.path.unlink(missing_ok=True)
-            raise
-        del ids  # about 20 MB per million rows: not held while the object is stored
-        written = final.file
-        if lost is not None and lost.is_set():
-            written.path.unlink(missing_ok=True)
-            raise anyio.get_cancelled_exc_class()()
-        try:
-            info = await anyio.to_thread.run_sync(
-                self.store.put_file, window.key, written.path, written.sha256
-            )
-        finally:
-            written.path.unlink(missing_ok=True)
+            await anyio.to_thread.run_sync(action, claim)
+        except ArchiverError as exc:
+            log.warning("claim of %s left to expire: %s", claim.window, exc)
+
+    async def archive(self, window: Window) -> Record:
+        """Fetch, write, reconcile, store and record one window; WindowError if it fails."""
+        began = time.monotonic()
+        stats = WindowStats()
+        started_at = utcnow()
+        metadata = self._metadata(window, started_at)
+        fetched, ids = await self._fetch(window, stats, metadata)
+        final = await self._reconcile(window, fetched, ids, metadata)
+        info = await self._store(window, final.file)
         record = Record(
-            kind=window.kind.value,
-            start=format_instant(window.start),
-            end=format_instant(window.end),
-            state=State.DONE.value,
-            recorded_at=now_iso(),
+            kind=window.kind,
+            start=window.start,
+            end=window.end,
+            state=State.DONE,
+            recorded_at=utcnow(),
             key=info.key,
-            rows=written.rows,
-            bytes=written.size,
-            sha256=written.sha256,
+            rows=final.file.rows,
+            bytes=final.file.size,
+            sha256=final.file.sha256,
             checksum_sha256=info.checksum_sha256,
             pages=stats.pages,
             graph_version=self.config.graph_version,
@@ -219,7 +176,7 @@ class Archiver:
                 "fields": {
                     "kind": window.kind.value,
                     "window": format_instant(window.start),
-                    "rows": written.rows,
+                    "rows": final.file.rows,
                     "kept": final.kept,
                     "repeated": final.repeated,
                     "pages": stats.pages,
@@ -230,6 +187,42 @@ class Archiver:
             },
         )
         return record
+
+    def _metadata(self, window: Window, started_at: datetime) -> dict[str, str]:
+        """The provenance each Parquet file of the window carries."""
+        return {
+            "version": __version__,
+            "kind": window.kind.value,
+            "window_start": format_instant(window.start),
+            "window_end": format_instant(window.end),
+            "graph_url": self.config.graph_url,
+            "graph_version": self.config.graph_version,
+            "fetched_at": format_time(started_at),
+        }
+
+    def _spool_path(self, window: Window, suffix: str) -> Path:
+        """A fresh spool file for one step of the window's work."""
+        return self.spool.path(f"{window.kind.value}-{window.name}-{uuid.uuid4().hex}.{suffix}")
+
+    async def _fetch(
+        self, window: Window, stats: WindowStats, metadata: dict[str, str]
+    ) -> tuple[WrittenFile, pa.ChunkedArray]:
+        """Every page of the window, typed and filtered, into one spool file; and the ids
+        written. Nothing of it is left behind if this fails or is cancelled."""
+        path = self._spool_path(window, "partial")
+        schema = schema_for(window.kind)
+        writer = await anyio.to_thread.run_sync(
+            WindowWriter, path, schema, metadata, self._per_group
+        )
+        ids = Ids()
+        try:
+            await self._fetch_and_write(window, stats, writer, ids)
+            fetched: WrittenFile = await anyio.to_thread.run_sync(writer.close)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(writer.abort)
+            raise
+        return fetched, ids.column()
 
     async def _fetch_and_write(
         self, window: Window, stats: WindowStats, writer: WindowWriter, ids: Ids
@@ -250,53 +243,34 @@ class Archiver:
                 async for rows in receive:
                     await anyio.to_thread.run_sync(write_page, writer, rows, window, ids)
 
-    def count(self, record: Record, stats: WindowStats) -> None:
-        """Move the metrics for one archived window."""
-        kind = record.kind
-        self.metrics.rows.labels(kind).inc(record.rows or 0)
-        self.metrics.pages.labels(kind).inc(stats.pages)
-        self.metrics.last_success.labels(kind).set(time.time())
-        end = parse_instant(record.end).timestamp()
-        self._newest[kind] = max(self._newest.get(kind, 0.0), end)
-        self.metrics.newest_window_end.labels(kind).set(self._newest[kind])
-
-    def show_manifest(self) -> None:
-        """Set the per-state window gauges and newest window from the manifest."""
-        for kind, summary in self.manifest.summary().items():
-            for state in ("done", "failed", "pending"):
-                self.metrics.windows.labels(kind, state).set(summary[state])
-            if summary["newest_window"]:
-                end = parse_instant(summary["newest_window"]).timestamp()
-                self._newest[kind] = max(self._newest.get(kind, 0.0), end)
-                self.metrics.newest_window_end.labels(kind).set(self._newest[kind])
-            if summary["last_success"]:
-                when = parse_instant(summary["last_success"]).timestamp()
-                self.metrics.last_success.labels(kind).set(when)
-
     async def _reconcile(
         self,
         window: Window,
         fetched: WrittenFile,
         ids: pa.ChunkedArray,
-        schema: pa.Schema,
         metadata: dict[str, str],
-        per_group: int,
     ) -> Reconciled:
         """Each row once, and on a re-archive the rows of the window's current object that
         this fetch did not return, so the archive never loses a row it once held. A file
-        rewritten for it is written as `fetched` was: `schema`, `metadata`, `per_group`."""
+        rewritten for it is written as `fetched` was. `fetched` is consumed."""
         record = self.manifest.get(window)
-        redo = record is not None and record.state == State.DONE.value and bool(record.key)
-        name = f"{window.kind.value}-{window.name}-{uuid.uuid4().hex}"
-        previous = self.spool.path(f"{name}.prev") if redo else None
-        out = self.spool.path(f"{name}.final")
+        previous = self._spool_path(window, "prev") if record and record.done else None
+        out = self._spool_path(window, "final")
         try:
             if previous is not None and not await self._download(window, record, previous):
                 previous = None
             return await anyio.to_thread.run_sync(
-                reconcile, fetched, ids, previous, out, schema, metadata, per_group
+                reconcile,
+                fetched,
+                ids,
+                previous,
+                out,
+                schema_for(window.kind),
+                metadata,
+                self._per_group,
             )
         except BaseException:
+            fetched.path.unlink(missing_ok=True)
             out.unlink(missing_ok=True)  # finished after all, but cancelled meanwhile
             raise
         finally:
@@ -318,21 +292,57 @@ class Archiver:
             return False
         return True
 
+    async def _store(self, window: Window, written: WrittenFile) -> ObjectInfo:
+        """Replace the window's object with `written` in one step (the store consumes it)."""
+        try:
+            return await anyio.to_thread.run_sync(
+                self.store.put_file, window.key, written.path, written.sha256
+            )
+        finally:
+            written.path.unlink(missing_ok=True)
+
+    def count(self, record: Record, stats: WindowStats) -> None:
+        """Move the metrics for one archived window."""
+        kind = record.kind.value
+        self.metrics.rows.labels(kind).inc(record.rows or 0)
+        self.metrics.pages.labels(kind).inc(stats.pages)
+        self.metrics.last_success.labels(kind).set(time.time())
+        self._note_newest(record.kind, record.end)
+
+    def _note_newest(self, kind: Kind, end: datetime) -> None:
+        self._newest[kind] = max(self._newest.get(kind, 0.0), end.timestamp())
+        self.metrics.newest_window_end.labels(kind.value).set(self._newest[kind])
+
+    def show_manifest(self) -> None:
+        """Set the per-state window gauges and newest window from the manifest."""
+        for kind, summary in self.manifest.summary().items():
+            self.metrics.windows.labels(kind.value, "done").set(summary.done)
+            self.metrics.windows.labels(kind.value, "failed").set(summary.failed)
+            self.metrics.windows.labels(kind.value, "pending").set(summary.pending)
+            if summary.newest_window:
+                self._note_newest(kind, summary.newest_window)
+            if summary.last_success:
+                self.metrics.last_success.labels(kind.value).set(summary.last_success.timestamp())
+
     async def fail(self, window: Window, error: str) -> None:
-        """Record that a window failed, with its error."""
-        record = Record(
-            kind=window.kind.value,
-            start=format_instant(window.start),
-            end=format_instant(window.end),
-            state=State.FAILED.value,
-            recorded_at=now_iso(),
-            error=error,
-            archiver_version=__version__,
-        )
-        await self.manifest.record(record)
+        """Record that a window failed, with its error (if the store lets us: the next
+        run retries the window either way)."""
         log.error(
             "failed %s: %s",
             window,
             error,
             extra={"fields": {"kind": window.kind.value, "window": format_instant(window.start)}},
         )
+        record = Record(
+            kind=window.kind,
+            start=window.start,
+            end=window.end,
+            state=State.FAILED,
+            recorded_at=utcnow(),
+            error=error,
+            archiver_version=__version__,
+        )
+        try:
+            await self.manifest.record(record)
+        except ArchiverError as exc:
+            log.warning("could not record the failure of %s: %s", window, exc)

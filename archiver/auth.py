@@ -1,13 +1,20 @@
 """Bearer tokens for Graph from MSAL (client secret, certificate or federated token).
 
 MSAL blocks, so every call runs in a worker thread — building its app too, which
-fetches the authority's OIDC document. MSAL caches the token itself
-and refreshes it about five minutes before it expires; `refresh()` drops the cache
-after Graph answered 401. msal and requests exceptions are translated here.
+fetches the authority's OIDC document. MSAL caches the token itself and refreshes it
+about five minutes before it expires (a token that lives less than that is fetched
+anew each time). A token knows when it runs out, so the Graph client can tell a 401
+for a token that expired while its request queued (take a fresh one: no failure)
+from a 401 for a fresh token (refuse after one refresh). `invalidate()` drops the
+cache after a 401, lazily: the next `token()` — taken after the request's pacing
+slot, never before a wait — fetches anew. msal and requests exceptions are
+translated here.
 """
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -106,6 +113,21 @@ def _check_certificate(path: Path, pem: str) -> None:
         raise refuse("the (first) certificate does not belong to the private key")
 
 
+EXPIRY_SLACK = 2.0  # seconds: a token this close to its end when sent may be refused as expired
+
+
+@dataclass(frozen=True)
+class Token:
+    """A bearer token and when it runs out (wall-clock seconds, by our clock)."""
+
+    value: str = field(repr=False)
+    expires_at: float
+
+    def expired_by(self, when: float) -> bool:
+        """True when the token had run out (or nearly) at `when`: a 401 is then no failure."""
+        return when >= self.expires_at - EXPIRY_SLACK
+
+
 class TokenProvider:
     """Hands out Graph bearer tokens for one tenant and client."""
 
@@ -115,16 +137,19 @@ class TokenProvider:
         self._credential = _credential(config)  # local checks now, before any request
         self._app: msal.ConfidentialClientApplication | None = None  # built in a thread
         self._lock = anyio.Lock()
+        self._refused: str | None = None  # a token Graph refused: not to be served again
 
-    async def token(self) -> str:
+    async def token(self) -> Token:
         """A valid access token; MSAL serves it from its cache while it is fresh."""
         async with self._lock:  # one thread fetches; the others then hit the cache
-            return await anyio.to_thread.run_sync(self._acquire, False)
+            token = await anyio.to_thread.run_sync(self._acquire, False)
+            if token.value == self._refused:
+                token = await anyio.to_thread.run_sync(self._acquire, True)
+            return token
 
-    async def refresh(self) -> str:
-        """Forget cached tokens and fetch a new one (after Graph answered 401)."""
-        async with self._lock:
-            return await anyio.to_thread.run_sync(self._acquire, True)
+    def invalidate(self, token: Token) -> None:
+        """Graph refused `token` (401): the next `token()` fetches a new one."""
+        self._refused = token.value
 
     def _client(self) -> msal.ConfidentialClientApplication:
         """MSAL's app, built on first use: building it fetches the authority's OIDC document."""
@@ -147,7 +172,7 @@ class TokenProvider:
                 raise UsageError(f"cannot reach the token authority {authority}: {exc}") from None
         return self._app
 
-    def _acquire(self, forget: bool) -> str:
+    def _acquire(self, forget: bool) -> Token:
         """In a worker thread: a token from MSAL's cache or the token endpoint."""
         app = self._client()
         if forget:
@@ -162,7 +187,8 @@ class TokenProvider:
         except OSError as exc:  # e.g. the federated token file vanished
             raise StopRun(f"cannot read credential: {exc}") from None
         if "access_token" in result:
-            return str(result["access_token"])
+            lifetime = float(result.get("expires_in") or 0)
+            return Token(str(result["access_token"]), time.time() + lifetime)
         error = result.get("error", "error")
         description = str(result.get("error_description", "")).splitlines()[0:1]
         message = f"token request refused: {error}: {' '.join(description)}".rstrip(": ")

@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import anyio
 
 from archiver import __version__, log
 from archiver.config import PARSERS, SECRET_KEYS, Config, load
-from archiver.errors import ArchiverError, StopRun, UsageError
+from archiver.errors import ArchiverError, StopRun, UsageError, internal_error, leaves
 from archiver.kinds import Kind
+from archiver.manifest import KindSummary
 from archiver.pipeline import RunResult, backfill, open_destination
 from archiver.progress import Progress
 from archiver.windows import parse_instant
@@ -126,11 +128,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     """Print the manifest's summary per kind."""
     config = _load(args)
 
-    async def summary() -> dict[str, Any]:
+    async def summary() -> dict[Kind, KindSummary]:
         _, manifest = await open_destination(config)
         return manifest.summary()
 
-    result = anyio.run(summary)
+    result = {kind.value: s.to_json() for kind, s in anyio.run(summary).items()}
     if args.json:
         print(json.dumps({"destination": config.destination, "kinds": result}, indent=2))
         return EXIT_OK
@@ -208,15 +210,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code."""
+    """Run the command line; returns the exit code. Whatever happens ends as one line on
+    stderr and an exit code, never a traceback."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args))
-    except (UsageError, StopRun) as exc:
-        print(f"archiver: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except ArchiverError as exc:
-        print(f"archiver: {exc}", file=sys.stderr)
-        return EXIT_FAILED
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - the edge: every error becomes one line
+        return fail(exc)
+    except BaseExceptionGroup as group:  # a group holding KeyboardInterrupt or the like
+        return fail(group)
+
+
+def fail(error: BaseException) -> int:
+    """Print the one line that says what stopped the command; its exit code.
+
+    Of several errors (an exception group), a usage error wins, then the archiver's
+    own errors, then anything else as an internal error.
+    """
+    errors = leaves(error)
+    usage = [e for e in errors if isinstance(e, UsageError | StopRun)]
+    ours = [e for e in errors if isinstance(e, ArchiverError)]
+    if usage:
+        print(f"archiver: {usage[0]}", file=sys.stderr)
+        return EXIT_USAGE
+    if ours:
+        print(f"archiver: {ours[0]}", file=sys.stderr)
+        return EXIT_FAILED
+    if any(isinstance(e, KeyboardInterrupt) for e in errors):
+        return EXIT_INTERRUPTED
+    logging.getLogger(__name__).debug("internal error", exc_info=error)
+    print(f"archiver: {internal_error(errors[0])}", file=sys.stderr)
+    return EXIT_FAILED

@@ -22,7 +22,7 @@ import anyio
 from archiver.archive import Archiver
 from archiver.config import Config
 from archiver.kinds import Kind
-from archiver.manifest import Manifest, State
+from archiver.manifest import Manifest
 from archiver.metrics import Metrics
 from archiver.pipeline import (
     RunResult,
@@ -31,7 +31,7 @@ from archiver.pipeline import (
     run_windows,
     working,
 )
-from archiver.windows import Window, align_down, format_instant, parse_instant, plan
+from archiver.windows import Window, align_down, format_instant, plan
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +80,9 @@ class Round:
             record = self.manifest.get(window)
             if (
                 record is not None
-                and record.state == State.DONE.value
+                and record.done
                 and window.end > young
-                and parse_instant(record.recorded_at) <= stale
+                and record.recorded_at <= stale
             ):
                 windows.append(window)
         return windows
@@ -93,8 +93,8 @@ class Round:
         wake += self.config.window + self.config.settle
         young = self.now - self.config.resweep
         for record in self.manifest.records.values():
-            if record.state == State.DONE.value and parse_instant(record.end) > young:
-                wake = min(wake, parse_instant(record.recorded_at) + self.config.resweep_interval)
+            if record.done and record.end > young:
+                wake = min(wake, record.recorded_at + self.config.resweep_interval)
         return max(self.now, min(wake, self.now + MAX_SLEEP))
 
 

@@ -16,6 +16,7 @@ import anyio
 from archiver.config import Config
 from archiver.emulator import Emulator, EmulatorConfig
 from archiver.kinds import Kind
+from archiver.manifest import KindSummary
 from archiver.pipeline import backfill, open_destination
 
 DEMO_DAYS = 7
@@ -47,7 +48,7 @@ def run_demo(directory: str) -> int:
         f"{result.requests} Graph requests); {result.already} were already archived"
     )
     for kind, s in summary.items():
-        print(f"  {kind:15} {s['done']:>3} windows {s['rows']:>9,} rows {s['bytes']:>11,} bytes")
+        print(f"  {kind.value:15} {s.done:>3} windows {s.rows:>9,} rows {s.bytes:>11,} bytes")
     root = Path(directory)
     print(f"\nfiles: {root}/<kind>/date=YYYY-MM-DD/<window-start>.parquet")
     print(f"manifest: {root}/_manifest/ (archiver status --destination {root})")
@@ -64,6 +65,6 @@ def run_demo(directory: str) -> int:
     return 1 if result.failed else 0
 
 
-async def _summary(config: Config) -> dict[str, dict[str, int]]:
+async def _summary(config: Config) -> dict[Kind, KindSummary]:
     _, manifest = await open_destination(config)
     return manifest.summary()

@@ -3,6 +3,7 @@
     ArchiverError
     ├── UsageError          bad command line, configuration or destination: exit 2, nothing written
     ├── StopRun             the whole run cannot go on (e.g. a missing Graph permission): exit 2
+    ├── LeaseLost           another worker took our window over: leave it to that worker
     └── WindowError         this window fails; the others go on, the run exits 1
         ├── RetryableError  worth another attempt after a pause (429, 5xx, resets, bad bodies)
         │   └── ThrottledError  Graph said 429; carries its Retry-After, if any
@@ -30,6 +31,10 @@ class StopRun(ArchiverError):
     """Raised when nothing more can succeed in this run, such as a missing permission."""
 
 
+class LeaseLost(ArchiverError):
+    """Raised when another worker took over a window this worker was archiving."""
+
+
 class WindowError(ArchiverError):
     """Raised when one window cannot be archived; the run goes on with the others.
 
@@ -55,6 +60,19 @@ class ThrottledError(RetryableError):
 
 class AuthExpiredError(WindowError):
     """Raised when Graph answers 401: the token must be refreshed before one more try."""
+
+
+def internal_error(exc: BaseException) -> str:
+    """One line for an exception the archiver did not expect (a bug, or a library's)."""
+    text = " ".join(str(exc).split())
+    return f"internal error: {type(exc).__name__}" + (f": {text}" if text else "")
+
+
+def leaves(error: BaseException) -> list[BaseException]:
+    """The exceptions inside a (nested) exception group, or the exception itself."""
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in leaves(inner)]
+    return [error]
 
 
 @contextmanager

@@ -7,7 +7,6 @@ exceptions are translated here.
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import json
 import ssl
@@ -188,28 +187,34 @@ class GraphClient:
             )
 
     async def _get(self, window: Window, url: str, stats: WindowStats) -> dict[str, Any]:
-        """One page, retried with backoff; the answer's Verdict decides what happens."""
+        """One page, retried with backoff; the answer's Verdict decides what happens.
+
+        The token is taken after the pacing slot, so it is fresh when sent however long
+        the request queued. A 401 for a token that had run out by the time the answer
+        came costs one attempt and a fresh token; a 401 for a token still fresh fails
+        the window after one refresh.
+        """
         limiter = self._limiters[window.kind]
         kind = window.kind.value
-        refreshed = False
+        refreshed = False  # a fresh token was refused once already
         last: Exception | None = None
         for attempt in range(1, self._max_attempts + 1):
             if attempt > 1:
                 stats.retries += 1
                 self._metrics.retries.labels(kind).inc()
-            try:  # the token before the slot: its thread hop would add jitter
+            await limiter.acquire()
+            try:
                 token = await self._tokens.token()
             except RetryableError as exc:  # the token endpoint failed: back off, try again
                 last = exc
                 if attempt < self._max_attempts:
                     await self._sleep(backoff(attempt))
                 continue
-            await limiter.acquire()
             sent_at = time.monotonic()
             stats.requests += 1
             self.requests += 1
             try:
-                page = await self._request(url, token)
+                page = await self._request(url, token.value)
                 limiter.succeeded()
                 self._count(kind, "200")
                 return page
@@ -221,12 +226,13 @@ class GraphClient:
                 last = exc
             except AuthExpiredError as exc:
                 self._count(kind, "401")
+                last = exc
+                self._tokens.invalidate(token)
+                if token.expired_by(time.time()):
+                    continue  # it ran out before or on the way: a fresh token's job
                 if refreshed:
                     raise WindowError(f"{window}: {exc} (again after a fresh token)") from exc
                 refreshed = True
-                last = exc
-                with contextlib.suppress(RetryableError):  # the next attempt asks again
-                    await self._tokens.refresh()
             except RetryableError as exc:
                 self._count(kind, exc.status or "error")
                 last = exc

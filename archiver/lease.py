@@ -8,34 +8,33 @@ with atomic rename on a local folder):
                           │  ▲ renew (same owner)
                           └──┴─ taken over by another worker once expired
 
-A worker claims a window before fetching it and renews the lease while it works; a
-worker that dies stops renewing, and its window is taken over when the lease
-expires. A claim never decides what is archived — the manifest does — it only
-keeps two workers from fetching the same window at once.
+A worker claims a window before fetching it and holds it (`async with
+leases.hold(claim)`) while it works: the lease is renewed, and the work is cancelled
+with `LeaseLost` if another worker took the window over. A worker that dies stops
+renewing, and its window is taken over when the lease expires. A claim never
+decides what is archived — the manifest does — it only keeps two workers from
+fetching the same window at once.
 """
 
 from __future__ import annotations
 
-import enum
 import json
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+import anyio
+
+from archiver.errors import ArchiverError, LeaseLost, unwrapped
 from archiver.manifest import PREFIX
 from archiver.store import Store
 from archiver.windows import Window
 
+log = logging.getLogger(__name__)
+
 CLAIMS_PREFIX = PREFIX + "claims/"
-
-
-class Outcome(enum.Enum):
-    """What came of trying to claim a window."""
-
-    CLAIMED = "claimed"  # it is ours until the lease expires; renew it while working
-    TAKEN_OVER = "taken_over"  # ours, but a worker held it before and died: check the manifest
-    BUSY = "busy"  # another live worker holds it; try again after `expires_at`
-    DONE = "done"  # another worker archived it since we read the manifest
 
 
 @dataclass
@@ -47,6 +46,30 @@ class Claim:
     expires_at: float
 
 
+@dataclass(frozen=True)
+class Claimed:
+    """The window is ours until the lease expires; `taken_over`: a worker held it before
+    and died, so the manifest may know it done by now."""
+
+    claim: Claim
+    taken_over: bool = False
+
+
+@dataclass(frozen=True)
+class Busy:
+    """Another live worker holds the window; look again at `until` (wall-clock seconds)."""
+
+    until: float
+
+
+@dataclass(frozen=True)
+class AlreadyDone:
+    """Another worker archived the window since we read the manifest."""
+
+
+ClaimOutcome = Claimed | Busy | AlreadyDone
+
+
 def claim_key(window: Window) -> str:
     """The claim object of a window."""
     return f"{CLAIMS_PREFIX}{window.kind.value}/{window.name}.json"
@@ -55,7 +78,8 @@ def claim_key(window: Window) -> str:
 class Leases:
     """Claims windows for one worker (`owner`) with leases of `duration` seconds.
 
-    Blocking (store calls): callers run these methods in worker threads.
+    `claim`, `renew`, `finish` and `release` block (store calls): callers run them in
+    worker threads. `hold` is the async context a claimed window is worked in.
     """
 
     def __init__(
@@ -77,42 +101,42 @@ class Leases:
             sort_keys=True,
         ).encode()
 
-    def claim(self, window: Window, redo: bool = False) -> tuple[Outcome, Claim | float | None]:
-        """Try to claim `window`; `redo` claims a window that is already done (a re-archive).
-
-        Returns (CLAIMED or TAKEN_OVER, Claim), (BUSY, expires_at) or (DONE, None).
-        """
+    def claim(self, window: Window, redo: bool = False) -> ClaimOutcome:
+        """Try to claim `window`; `redo` claims a window that is already done (a re-archive)."""
         key = claim_key(window)
         for _ in range(5):  # lost races: somebody wrote between our read and our write
             expires_at = self._clock() + self.duration
             body = self._body(window, "working", expires_at)
             etag = self.store.put_bytes_if_absent(key, body)
             if etag is not None:
-                return Outcome.CLAIMED, Claim(window, etag, expires_at)
+                return Claimed(Claim(window, etag, expires_at))
             current = self.store.get_bytes(key)
             if current is None:
                 continue
             data, old_etag = current
             held = json.loads(data)
             if held["state"] == "done" and not redo:
-                return Outcome.DONE, None
+                return AlreadyDone()
             live = held["state"] == "working" and held["expires_at"] > self._clock()
             if live and held["owner"] != self.owner:
-                return Outcome.BUSY, float(held["expires_at"])
+                return Busy(float(held["expires_at"]))
             etag = self.store.put_bytes_if_match(key, body, old_etag)
             if etag is not None:
-                outcome = Outcome.CLAIMED if held["state"] == "done" else Outcome.TAKEN_OVER
-                return outcome, Claim(window, etag, expires_at)
-        return Outcome.BUSY, self._clock() + 1.0
+                return Claimed(Claim(window, etag, expires_at), held["state"] != "done")
+        return Busy(self._clock() + 1.0)
 
     def renew(self, claim: Claim) -> bool:
         """Extend the lease; False if another worker took the window over meanwhile."""
         expires_at = self._clock() + self.duration
-        etag = self.store.put_bytes_if_match(
-            claim_key(claim.window), self._body(claim.window, "working", expires_at), claim.etag
-        )
+        body = self._body(claim.window, "working", expires_at)
+        key = claim_key(claim.window)
+        etag = self.store.put_bytes_if_match(key, body, claim.etag)
         if etag is None:
-            return False
+            # A write whose answer was lost may have landed: then the claim is still ours.
+            current = self.store.get_bytes(key)
+            if current is None or current[0] != body:
+                return False
+            etag = current[1]
         claim.etag, claim.expires_at = etag, expires_at
         return True
 
@@ -127,3 +151,35 @@ class Leases:
         self.store.put_bytes_if_match(
             claim_key(claim.window), self._body(claim.window, "working", 0.0), claim.etag
         )
+
+    @asynccontextmanager
+    async def hold(self, claim: Claim) -> AsyncIterator[Claim]:
+        """Work on a claimed window: the lease is renewed every third of its duration; if
+        another worker takes the window over, the work is cancelled and LeaseLost raised.
+        A renewal the store fails is tried again at the next tick (the lease outlives
+        two missed renewals)."""
+        lost = False
+        with unwrapped():  # the work's own error, not an exception group
+            async with anyio.create_task_group() as group:
+
+                async def keep() -> None:
+                    nonlocal lost
+                    while True:
+                        await anyio.sleep(self.duration / 3)
+                        try:
+                            renewed = await anyio.to_thread.run_sync(self.renew, claim)
+                        except ArchiverError as exc:
+                            log.warning("could not renew the lease of %s: %s", claim.window, exc)
+                            continue
+                        if not renewed:
+                            lost = True
+                            group.cancel_scope.cancel()
+                            return
+
+                group.start_soon(keep)
+                try:
+                    yield claim
+                finally:
+                    group.cancel_scope.cancel()
+        if lost:
+            raise LeaseLost(f"{claim.window}: another worker took it over")

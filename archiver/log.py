@@ -1,7 +1,10 @@
 """Logging, configured once at the edge: readable text on a terminal, JSON lines otherwise.
 
 Modules log through `logging.getLogger(__name__)` and pass structured fields as
-`extra={"fields": {...}}`; the formatters render them.
+`extra={"fields": {...}}`; the formatters render them. Libraries' records (botocore,
+urllib3, msal, aiohttp) go through the same handler from WARNING up, never Python's
+last-resort one. An exception attached to a record is rendered as one line — its
+type, message and where it was raised — never as a traceback.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import logging
 import sys
 from datetime import UTC, datetime
 from typing import Any
+
+HANDLER_NAME = "archiver"
 
 
 class JsonFormatter(logging.Formatter):
@@ -25,7 +30,7 @@ class JsonFormatter(logging.Formatter):
         }
         entry.update(getattr(record, "fields", {}))
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+            entry["exception"] = one_line(record.exc_info[1])
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
@@ -37,7 +42,23 @@ class TextFormatter(logging.Formatter):
         fields = getattr(record, "fields", {})
         tail = " ".join(f"{k}={v}" for k, v in fields.items())
         line = f"{when} {record.levelname.lower():7} {record.getMessage()}"
+        if record.exc_info:
+            line += f" ({one_line(record.exc_info[1])})"
         return f"{line}  {tail}" if tail else line
+
+
+def one_line(exc: BaseException | None) -> str:
+    """`Type: message (at file:line in function)` for the innermost frame of `exc`."""
+    if exc is None:
+        return ""
+    text = f"{type(exc).__name__}: {' '.join(str(exc).split())}".rstrip(": ")
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return text
+    code = tb.tb_frame.f_code
+    return f"{text} (at {code.co_filename}:{tb.tb_lineno} in {code.co_name})"
 
 
 def configure(log_format: str = "auto", level: int = logging.INFO) -> None:
@@ -46,7 +67,13 @@ def configure(log_format: str = "auto", level: int = logging.INFO) -> None:
         log_format = "text" if sys.stderr.isatty() else "json"
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    handler.set_name(HANDLER_NAME)
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if h.get_name() == HANDLER_NAME]:
+        root.removeHandler(old)  # configured again (tests, demo): one handler, not two
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)  # libraries: warnings and errors only
     logger = logging.getLogger("archiver")
-    logger.handlers[:] = [handler]
+    logger.handlers.clear()
     logger.setLevel(level)
-    logger.propagate = False
+    logger.propagate = True

@@ -2,36 +2,56 @@
 
 Stored in the destination under `_manifest/` (never matches `*.parquet`):
 
-    _manifest/settings.json           window length of this destination (fixed at first run)
-    _manifest/snapshot.json.gz        all records, compacted
+    _manifest/settings.json             window length of this destination (fixed at first run)
+    _manifest/snapshot.json.gz          all records, compacted
     _manifest/journal/<time>-<id>.json  records written since the last compaction, one each
+    _manifest/plans/<time>-<id>.json    ranges that backfills were asked for
 
 A record is written only after its window's object is durable (the commit
 protocol: spool file → object replaced in one step → journal record). Journal
-entries have unique names, so workers never overwrite each other's; compaction
-merges them into the snapshot with a conditional write and only then deletes them.
-Loading reads the snapshot plus the journal, so a crash at any point loses nothing
-that was recorded, and re-applying a record is harmless.
+entries have unique names, so workers never overwrite each other's.
+
+Compaction folds journal entries into the snapshot with a conditional write, then
+deletes exactly the entries it folded — never one recorded meanwhile. A process runs
+one compaction at a time; a lost race with another worker's compaction is merged and
+tried again after a jittered pause; a compaction that still cannot land, or a
+clean-up delete that fails, is housekeeping: logged, and left to the next one.
+
+Loading reads the snapshot, then the journal. A journal entry that vanished while
+it was read was deleted by a compaction that had already written a snapshot holding
+it, so reading the snapshot once more makes the view whole: loading never gives up
+because other workers are busy. Re-applying a record is harmless (`merge`).
 """
 
 from __future__ import annotations
 
 import enum
 import gzip
-import json
+import logging
+import random
 import uuid
-from collections import Counter
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
+import orjson
 
-from archiver.errors import UsageError
+from archiver.errors import ArchiverError, UsageError
 from archiver.kinds import Kind
 from archiver.store import Store
-from archiver.windows import Window, format_duration, parse_instant, parse_window, plan
+from archiver.windows import (
+    Window,
+    format_duration,
+    format_instant,
+    parse_instant,
+    parse_window,
+    plan,
+)
+
+log = logging.getLogger(__name__)
 
 PREFIX = "_manifest/"
 SETTINGS_KEY = PREFIX + "settings.json"
@@ -39,6 +59,8 @@ SNAPSHOT_KEY = PREFIX + "snapshot.json.gz"
 JOURNAL_PREFIX = PREFIX + "journal/"
 PLANS_PREFIX = PREFIX + "plans/"
 COMPACT_AFTER = 256  # journal entries that trigger a compaction
+COMPACT_ATTEMPTS = 8  # lost races with other workers before a compaction is left for later
+READERS = 16  # threads reading journal entries at once
 
 
 class State(enum.Enum):
@@ -48,20 +70,47 @@ class State(enum.Enum):
     FAILED = "failed"  # its last attempt failed (`error` says why); the next run retries it
 
 
+RecordId = tuple[Kind, datetime]
+
+
+def record_id(kind: Kind, start: datetime) -> RecordId:
+    """The one way a window is named in the manifest, for writing and for looking up."""
+    return (kind, start.astimezone(UTC))
+
+
+def window_id(window: Window) -> RecordId:
+    """The manifest id of a window."""
+    return record_id(window.kind, window.start)
+
+
+def format_time(value: datetime) -> str:
+    """A moment as the manifest writes it: ISO-8601 UTC with microseconds and Z."""
+    return value.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def utcnow() -> datetime:
+    """The current time, aware UTC."""
+    return datetime.now(UTC)
+
+
 def now_iso() -> str:
-    """The current UTC time as ISO-8601 with microseconds and Z."""
-    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    """The current UTC time as the manifest writes it."""
+    return format_time(utcnow())
 
 
-@dataclass
+_TIMES = ("recorded_at", "started_at")  # moments, written with microseconds
+_BOUNDS = ("start", "end")  # window bounds, written with whole seconds
+
+
+@dataclass(frozen=True)
 class Record:
     """One window's entry."""
 
-    kind: str
-    start: str  # ISO-8601 UTC
-    end: str
-    state: str  # a State value
-    recorded_at: str  # when this record was written
+    kind: Kind
+    start: datetime
+    end: datetime
+    state: State
+    recorded_at: datetime  # when this record was written
     key: str | None = None
     rows: int | None = None
     bytes: int | None = None
@@ -70,31 +119,55 @@ class Record:
     pages: int | None = None
     graph_version: str | None = None
     archiver_version: str | None = None
-    started_at: str | None = None
+    started_at: datetime | None = None
     error: str | None = None  # why the last attempt failed (kept on a DONE record too)
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # fields a newer archiver wrote
 
     @property
-    def id(self) -> tuple[str, str]:
+    def id(self) -> RecordId:
         """The window this record is about."""
-        return (self.kind, self.start)
+        return record_id(self.kind, self.start)
+
+    @property
+    def done(self) -> bool:
+        """True when the window's object is archived."""
+        return self.state is State.DONE
+
+    @property
+    def window(self) -> Window:
+        """The window this record is about."""
+        return Window(self.kind, self.start, self.end)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Record:
-        """A record from its JSON form; unknown fields are kept in `extra`."""
-        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
-        extra = {k: v for k, v in data.items() if k not in known}
-        return cls(**{k: v for k, v in data.items() if k in known}, extra=extra)
+        """A record from its JSON form; ValueError if it is not one (an unknown kind too)."""
+        known = {f.name for f in fields(cls)} - {"extra"}
+        values: dict[str, Any] = {k: v for k, v in data.items() if k in known}
+        try:
+            values["kind"] = Kind(values["kind"])
+            values["state"] = State(values["state"])
+            for name in (*_BOUNDS, *_TIMES):
+                if values.get(name) is not None:
+                    values[name] = parse_instant(values[name])
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"not a manifest record: {exc}") from None
+        return cls(**values, extra={k: v for k, v in data.items() if k not in known})
 
     def to_json(self) -> dict[str, Any]:
         """The JSON form: no empty fields."""
-        data = {k: v for k, v in asdict(self).items() if v is not None and k != "extra"}
+        data: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None or f.name == "extra":
+                continue
+            if f.name in _BOUNDS:
+                value = format_instant(value)
+            elif f.name in _TIMES:
+                value = format_time(value)
+            elif isinstance(value, enum.Enum):
+                value = value.value
+            data[f.name] = value
         return data | self.extra
-
-
-def window_id(window: Window) -> tuple[str, str]:
-    """The manifest id of a window."""
-    return (window.kind.value, window.start.isoformat().replace("+00:00", "Z"))
 
 
 def merge(old: Record | None, new: Record) -> Record:
@@ -102,64 +175,136 @@ def merge(old: Record | None, new: Record) -> Record:
     hides an archived object (it is noted on the DONE record instead)."""
     if old is None:
         return new
-    if (new.recorded_at, new.state) < (old.recorded_at, old.state):
+    if (new.recorded_at, new.state.value) < (old.recorded_at, old.state.value):
         old, new = new, old
-    if new.state == State.FAILED.value and old.state == State.DONE.value:
-        return Record(**{**asdict(old), "error": new.error, "extra": old.extra})
+    if new.state is State.FAILED and old.state is State.DONE:
+        return replace(old, error=new.error)
     return new
+
+
+@dataclass
+class KindSummary:
+    """What the manifest says of one kind: read by `status`, `status --json` and metrics."""
+
+    done: int = 0
+    failed: int = 0
+    pending: int = 0
+    rows: int = 0
+    bytes: int = 0
+    last_success: datetime | None = None  # when the newest DONE record was written
+    newest_window: datetime | None = None  # end of the newest archived window
+    failures: list[Record] = field(default_factory=list)  # FAILED records, oldest first
+
+    def to_json(self) -> dict[str, Any]:
+        """The form `status --json` prints (its keys and formats are a contract)."""
+        return {
+            "done": self.done,
+            "failed": self.failed,
+            "pending": self.pending,
+            "rows": self.rows,
+            "bytes": self.bytes,
+            "last_success": format_time(self.last_success) if self.last_success else None,
+            "newest_window": format_instant(self.newest_window) if self.newest_window else None,
+            "failures": [f"{format_instant(r.start)} {r.error}" for r in self.failures],
+        }
+
+
+@dataclass
+class _Read:
+    """One consistent read of the manifest, made in a worker thread."""
+
+    window: timedelta | None
+    records: dict[RecordId, Record]
+    foreign: dict[str, dict[str, Any]]  # records this version cannot read, kept verbatim
+    plans: list[dict[str, Any]]
+    journal: list[str]
+    snapshot_etag: str | None
+
+
+def _jittered(attempt: int) -> float:
+    """Seconds to wait before compaction attempt `attempt` + 1: full jitter, capped."""
+    return random.uniform(0, min(5.0, 0.05 * 2**attempt))
 
 
 class Manifest:
     """The in-memory view of the manifest, and its writes to the store.
 
-    Store calls block, so they run in worker threads.
+    Methods run on the event loop; store calls run in worker threads. Reads are merged
+    into the view, never swapped in: a record applied meanwhile is kept.
     """
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.records: dict[tuple[str, str], Record] = {}
+        self.records: dict[RecordId, Record] = {}
         self.window: timedelta | None = None
-        self._snapshot_etag: str | None = None
-        self._journal: list[str] = []  # journal keys merged into `records`
         self.plans: list[dict[str, Any]] = []  # ranges that backfills were asked for
+        self._foreign: dict[str, dict[str, Any]] = {}
+        self._journal: dict[str, None] = {}  # journal keys whose records are in `records`
+        self._snapshot_etag: str | None = None
+        self._compacting = anyio.Lock()
+
+    # ---------------------------------------------------------------- reading
 
     async def load(self) -> None:
-        """Read settings, snapshot and journal."""
-        await anyio.to_thread.run_sync(self._load)
+        """Read settings, snapshot, plans and journal, and merge them into the view."""
+        self._apply(await anyio.to_thread.run_sync(self._read))
 
-    def _load(self) -> None:
-        for _ in range(10):
-            if self._load_once():
-                return
-        raise UsageError(f"manifest in {self.store.description}: keeps changing while read")
-
-    def _load_once(self) -> bool:
-        """One consistent read; False if a compaction raced it (a journal entry vanished)."""
+    def _read(self) -> _Read:
         settings = self.store.get_bytes(SETTINGS_KEY)
-        if settings is not None:
-            self.window = parse_window(json.loads(settings[0])["window"])
-        records: dict[tuple[str, str], Record] = {}
+        window = parse_window(orjson.loads(settings[0])["window"]) if settings else None
         snapshot = self.store.get_bytes(SNAPSHOT_KEY)
-        if snapshot is not None:
-            for data in json.loads(gzip.decompress(snapshot[0]))["records"]:
-                record = Record.from_json(data)
-                records[record.id] = record
-        plans = []
-        for info in self.store.list(PLANS_PREFIX):
-            got = self.store.get_bytes(info.key)
-            if got is not None:
-                plans.append(json.loads(got[0]))
+        plans = [orjson.loads(got[0]) for got in self._get_all(self._keys(PLANS_PREFIX)) if got]
+        keys = self._keys(JOURNAL_PREFIX)
+        entries = list(self._get_all(keys))
+        if any(got is None for got in entries):
+            # Compacted away while we read: the snapshot now holds what vanished.
+            snapshot = self.store.get_bytes(SNAPSHOT_KEY)
+        records: dict[RecordId, Record] = {}
+        foreign: dict[str, dict[str, Any]] = {}
+        body = orjson.loads(gzip.decompress(snapshot[0]))["records"] if snapshot else []
+        for data in body:
+            self._take(data, records, foreign)
         journal = []
-        for info in self.store.list(JOURNAL_PREFIX):
-            got = self.store.get_bytes(info.key)
-            if got is None:  # compacted into a newer snapshot since we read ours
-                return False
-            record = Record.from_json(json.loads(got[0]))
-            records[record.id] = merge(records.get(record.id), record)
-            journal.append(info.key)
-        self.records, self.plans, self._journal = records, plans, journal
-        self._snapshot_etag = snapshot[1] if snapshot else None
-        return True
+        for key, got in zip(keys, entries, strict=True):
+            if got is not None:
+                self._take(orjson.loads(got[0]), records, foreign)
+                journal.append(key)
+        return _Read(window, records, foreign, plans, journal, snapshot[1] if snapshot else None)
+
+    def _keys(self, prefix: str) -> list[str]:
+        return [info.key for info in self.store.list(prefix)]
+
+    def _get_all(self, keys: list[str]) -> Iterator[tuple[bytes, str] | None]:
+        """The objects at `keys`, in order (None where gone), read by several threads."""
+        if len(keys) < 4:
+            return map(self.store.get_bytes, keys)
+        with ThreadPoolExecutor(min(READERS, len(keys)), "manifest-read") as pool:
+            return iter(list(pool.map(self.store.get_bytes, keys)))
+
+    @staticmethod
+    def _take(
+        data: dict[str, Any], records: dict[RecordId, Record], foreign: dict[str, dict[str, Any]]
+    ) -> None:
+        """Merge one JSON record into `records`, or keep it verbatim when unreadable here."""
+        try:
+            record = Record.from_json(data)
+        except ValueError:
+            foreign[orjson.dumps(data, option=orjson.OPT_SORT_KEYS).decode()] = data
+            return
+        records[record.id] = merge(records.get(record.id), record)
+
+    def _apply(self, read: _Read) -> None:
+        """Merge a read into the view (on the event loop)."""
+        if read.window is not None:
+            self.window = read.window
+        for record in read.records.values():
+            self.records[record.id] = merge(self.records.get(record.id), record)
+        self._foreign.update(read.foreign)
+        self.plans = read.plans + [p for p in self.plans if p not in read.plans]
+        self._journal.update(dict.fromkeys(read.journal))
+        self._snapshot_etag = read.snapshot_etag
+
+    # ---------------------------------------------------------------- settings and plans
 
     def check_window(self, length: timedelta) -> None:
         """Refuse a window length other than the one this destination was archived with.
@@ -178,7 +323,7 @@ class Manifest:
         """Record the destination's window length at first use (then check it again:
         another worker may have fixed a different one first)."""
         if self.window is None:
-            data = json.dumps({"window": format_duration(length)}).encode()
+            data = orjson.dumps({"window": format_duration(length)})
             await anyio.to_thread.run_sync(self.store.put_bytes_if_absent, SETTINGS_KEY, data)
             await self.load()
         self.check_window(length)
@@ -192,8 +337,8 @@ class Manifest:
         }
         if entry in self.plans:
             return
-        key = f"{PLANS_PREFIX}{now_iso().replace(':', '')}-{uuid.uuid4().hex}.json"
-        await anyio.to_thread.run_sync(self.store.put_bytes, key, json.dumps(entry).encode())
+        key = f"{PLANS_PREFIX}{_stamp()}-{uuid.uuid4().hex}.json"
+        await anyio.to_thread.run_sync(self.store.put_bytes, key, orjson.dumps(entry))
         self.plans.append(entry)
 
     def planned_windows(self) -> set[Window]:
@@ -204,12 +349,14 @@ class Manifest:
             window
             for entry in self.plans
             for window in plan(
-                [Kind(k) for k in entry["kinds"]],
+                [kind for kind in Kind if kind.value in entry["kinds"]],
                 parse_instant(entry["start"]),
                 parse_instant(entry["end"]),
                 self.window,
             )
         }
+
+    # ---------------------------------------------------------------- records
 
     def get(self, window: Window) -> Record | None:
         """The window's record, if any."""
@@ -218,62 +365,114 @@ class Manifest:
     def is_done(self, window: Window) -> bool:
         """True when the window's object is archived."""
         record = self.get(window)
-        return record is not None and record.state == State.DONE.value
+        return record is not None and record.done
 
     async def record(self, record: Record) -> None:
-        """Write one record durably (a journal entry), then apply it in memory."""
-        key = f"{JOURNAL_PREFIX}{record.recorded_at.replace(':', '')}-{uuid.uuid4().hex}.json"
-        data = json.dumps(record.to_json(), sort_keys=True).encode()
+        """Write one record durably (a journal entry), then apply it in memory.
+
+        Raises the store's error if the entry could not be written; a compaction
+        this triggers never raises (it is housekeeping).
+        """
+        key = f"{JOURNAL_PREFIX}{_stamp(record.recorded_at)}-{uuid.uuid4().hex}.json"
+        data = orjson.dumps(record.to_json(), option=orjson.OPT_SORT_KEYS)
         await anyio.to_thread.run_sync(self.store.put_bytes, key, data)
         self.records[record.id] = merge(self.records.get(record.id), record)
-        self._journal.append(key)
-        if len(self._journal) >= COMPACT_AFTER:
+        self._journal[key] = None
+        if len(self._journal) >= COMPACT_AFTER and not self._compacting.locked():
             await self.compact()
 
-    async def compact(self) -> None:
-        """Fold the journal into the snapshot, then delete the entries folded in."""
-        await anyio.to_thread.run_sync(self._compact)
+    # ---------------------------------------------------------------- compaction
 
-    def _compact(self) -> None:
-        for _ in range(10):
-            records = sorted(self.records.values(), key=lambda r: r.id)
-            body = json.dumps(
-                {"version": 1, "records": [r.to_json() for r in records]}, sort_keys=True
-            ).encode()
-            data = gzip.compress(body, compresslevel=6, mtime=0)
-            if self._snapshot_etag is None:
-                etag = self.store.put_bytes_if_absent(SNAPSHOT_KEY, data)
-            else:
-                etag = self.store.put_bytes_if_match(SNAPSHOT_KEY, data, self._snapshot_etag)
-            if etag is not None:
-                self._snapshot_etag = etag
-                for key in self._journal:
-                    self.store.delete(key)
-                self._journal = []
-                return
-            self._load()  # another worker compacted first: merge theirs, then try again
-        raise UsageError(f"manifest in {self.store.description}: snapshot keeps changing")
+    async def compact(self) -> bool:
+        """Fold the journal into the snapshot, then delete the entries folded in.
 
-    def summary(self) -> dict[str, dict[str, Any]]:
+        One compaction at a time per process (a caller that finds one running waits
+        for it). Returns False when it was left for later; never raises for store
+        trouble or contention, since every record is durable in the journal already.
+        """
+        async with self._compacting:
+            for attempt in range(COMPACT_ATTEMPTS):
+                if not self._journal and self._snapshot_etag is not None:
+                    return True
+                folded = list(self._journal)  # exactly these; entries recorded later stay
+                records = list(self.records.values())
+                try:
+                    etag = await anyio.to_thread.run_sync(self._write_snapshot, records)
+                    if etag is not None:
+                        self._snapshot_etag = etag
+                        for key in folded:
+                            self._journal.pop(key, None)
+                        await anyio.to_thread.run_sync(self._delete, folded)
+                        return True
+                    await anyio.sleep(_jittered(attempt))
+                    await self.load()  # another worker compacted first: merge theirs
+                except ArchiverError as exc:
+                    log.warning("manifest compaction left for later: %s", exc)
+                    return False
+            log.warning(
+                "manifest compaction left for later: the snapshot kept changing "
+                "(%d tries; other workers are compacting)",
+                COMPACT_ATTEMPTS,
+            )
+            return False
+
+    def _write_snapshot(self, records: list[Record]) -> str | None:
+        """Write the snapshot if nobody replaced ours since we read it: its etag, or None."""
+        records.sort(key=lambda r: (r.kind.value, r.start))
+        body = [r.to_json() for r in records] + list(self._foreign.values())
+        data = gzip.compress(
+            orjson.dumps({"version": 1, "records": body}, option=orjson.OPT_SORT_KEYS),
+            compresslevel=6,
+            mtime=0,
+        )
+        if self._snapshot_etag is None:
+            return self.store.put_bytes_if_absent(SNAPSHOT_KEY, data)
+        return self.store.put_bytes_if_match(SNAPSHOT_KEY, data, self._snapshot_etag)
+
+    def _delete(self, keys: list[str]) -> None:
+        """Delete folded journal entries; one that will not go is left to a later compaction
+        (re-applying it is harmless)."""
+        failed = 0
+        last: ArchiverError | None = None
+        for key in keys:
+            try:
+                self.store.delete(key)
+            except ArchiverError as exc:
+                failed += 1
+                last = exc
+        if failed:
+            log.warning(
+                "manifest clean-up: %d of %d folded journal entries not deleted (left for the "
+                "next compaction): %s",
+                failed,
+                len(keys),
+                last,
+            )
+
+    # ---------------------------------------------------------------- summary
+
+    def summary(self) -> dict[Kind, KindSummary]:
         """Per kind: windows done/failed/pending, rows, bytes, last success, failures."""
-        plans = self.planned_windows()
-        result: dict[str, dict[str, Any]] = {}
-        for kind in Kind:
-            mine = [r for r in self.records.values() if r.kind == kind.value]
-            states = Counter(r.state for r in mine)
-            done = [r for r in mine if r.state == State.DONE.value]
-            result[kind.value] = {
-                "done": states[State.DONE.value],
-                "failed": states[State.FAILED.value],
-                "pending": sum(
-                    1 for w in plans if w.kind is kind and window_id(w) not in self.records
-                ),
-                "rows": sum(r.rows or 0 for r in done),
-                "bytes": sum(r.bytes or 0 for r in done),
-                "last_success": max((r.recorded_at for r in done), default=None),
-                "newest_window": max((r.end for r in done), default=None),
-                "failures": sorted(
-                    f"{r.start} {r.error}" for r in mine if r.state == State.FAILED.value
-                ),
-            }
+        result = {kind: KindSummary() for kind in Kind}
+        for record in self.records.values():
+            s = result[record.kind]
+            if record.done:
+                s.done += 1
+                s.rows += record.rows or 0
+                s.bytes += record.bytes or 0
+                s.last_success = max(filter(None, (s.last_success, record.recorded_at)))
+                s.newest_window = max(filter(None, (s.newest_window, record.end)))
+            else:
+                s.failed += 1
+                s.failures.append(record)
+        for window in self.planned_windows():
+            if window_id(window) not in self.records:
+                result[window.kind].pending += 1
+        for s in result.values():
+            s.failures.sort(key=lambda r: r.start)
         return result
+
+
+def _stamp(when: datetime | None = None) -> str:
+    """A key-safe timestamp that sorts journal and plan entries by time."""
+    return format_time(when or utcnow()).replace(":", "")

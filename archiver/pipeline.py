@@ -22,7 +22,14 @@ import anyio
 from archiver.archive import Archiver, worker_id
 from archiver.auth import TokenProvider
 from archiver.config import Config
-from archiver.errors import StopRun, WindowError, unwrapped
+from archiver.errors import (
+    ArchiverError,
+    StopRun,
+    UsageError,
+    WindowError,
+    internal_error,
+    unwrapped,
+)
 from archiver.graph import GraphClient, make_limiters, open_session
 from archiver.kinds import Kind
 from archiver.lease import Leases
@@ -172,19 +179,22 @@ async def run_windows(
     """Archive `windows` with `concurrency` workers until done or stopped; failures are
     recorded, StopRun re-raised."""
     queue = WindowQueue(windows, shutdown)
-    stop: list[StopRun] = []
+    stop: list[StopRun | UsageError] = []
 
     async def worker(scope: anyio.CancelScope) -> None:
         while (window := await queue.next()) is not None:
             try:
                 record = await archiver.claim_and_archive(window, queue.defer)
-            except WindowError as exc:
-                result.failed.append((window, str(exc)))
-                await archiver.fail(window, str(exc))
-            except StopRun as exc:
+            except (StopRun, UsageError) as exc:
                 stop.append(exc)
                 scope.cancel()
                 return
+            except Exception as exc:
+                error = str(exc) if isinstance(exc, ArchiverError) else internal_error(exc)
+                if not isinstance(exc, WindowError):
+                    log.error("unexpected error in %s", window, exc_info=exc)
+                result.failed.append((window, error))
+                await archiver.fail(window, error)
             else:
                 if record is not None:
                     result.archived.append(record)

@@ -37,11 +37,10 @@ import pyarrow.parquet as pq
 from archiver.config import Config
 from archiver.errors import UsageError, WindowError
 from archiver.kinds import Kind
-from archiver.manifest import Manifest, Record, State
+from archiver.manifest import Manifest, Record, RecordId
 from archiver.parquet import sha256_file
 from archiver.pipeline import open_destination
 from archiver.store import Store
-from archiver.windows import Window, parse_instant
 
 log = logging.getLogger(__name__)
 
@@ -108,15 +107,12 @@ def _utc(value: datetime) -> datetime:
 
 def record_key(record: Record) -> str:
     """The object key of a done record (derived from its window if it names none)."""
-    if record.key:
-        return record.key
-    window = Window(Kind(record.kind), parse_instant(record.start), parse_instant(record.end))
-    return window.key
+    return record.key or record.window.key
 
 
 def done_records(manifest: Manifest) -> list[Record]:
     """The manifest's done records, by object key."""
-    done = [r for r in manifest.records.values() if r.state == State.DONE.value]
+    done = [r for r in manifest.records.values() if r.done]
     return sorted(done, key=record_key)
 
 
@@ -229,7 +225,7 @@ def check_file(path: Path, key: str, record: Record) -> list[Problem]:
         return problems
     if record.rows is not None and rows != record.rows:
         problems.append(Problem("ROWS", key, f"{rows} rows != recorded {record.rows}"))
-    start, end = parse_instant(record.start), parse_instant(record.end)
+    start, end = record.start, record.end
     # Name the lowest value if it is outside, else the highest: both come from statistics.
     outside = next((v for v in (low, high) if v is not None and not start <= v < end), None)
     if outside is not None:
@@ -284,9 +280,9 @@ def known_keys(manifest: Manifest) -> set[str]:
 
 async def _check_all(
     store: Store, records: Iterable[Record], scratch: Path, concurrency: int, total: int
-) -> dict[tuple[str, str], list[Problem]]:
+) -> dict[RecordId, list[Problem]]:
     """Check `records` with `concurrency` workers; problems per record id."""
-    results: dict[tuple[str, str], list[Problem]] = {}
+    results: dict[RecordId, list[Problem]] = {}
     todo = iter(records)
     limiter = anyio.CapacityLimiter(concurrency)
 
@@ -331,7 +327,7 @@ async def verify(store: Store, manifest: Manifest, concurrency: int = CONCURRENC
                 for r in suspects
                 if (newer := fresh.records.get(r.id)) is not None
                 and newer != r
-                and newer.state == State.DONE.value
+                and newer.done
             ]
             if again:
                 results.update(await _check_all(store, again, scratch, concurrency, len(again)))

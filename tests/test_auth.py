@@ -123,7 +123,7 @@ def test_client_certificate_signs_a_ps256_assertion(
     emulator.config.trusted_certificates = [app_certificate.cert_pem]
     config = load({}, authority_env(emulator) | {"ARCHIVER_CLIENT_CERTIFICATE": str(pem)})
     token = anyio.run(TokenProvider(config).token)
-    assert emulator.state.token_valid(token)
+    assert emulator.state.token_valid(token.value)
     assert [200] == token_statuses(emulator)
     [form] = [f for f in sent_forms if "client_assertion" in f]
     assert "urn:ietf:params:oauth:client-assertion-type:jwt-bearer" == form["client_assertion_type"]
@@ -203,19 +203,20 @@ def test_federated_token_file_is_read_again_after_rotation(
     provider = TokenProvider(load({}, env))
     assert [] == emulator.requests  # MSAL's app is built later, in a worker thread
     first = anyio.run(provider.token)
-    assert emulator.state.token_valid(first)
+    assert emulator.state.token_valid(first.value)
 
     # the kubelet writes the new token beside the old one and swaps it in atomically
     rotated = tmp_path / "azure-identity-token.new"
     rotated.write_text(FEDERATED_B + "\n")
     os.replace(rotated, token_file)
     emulator.config.federated_tokens = [FEDERATED_B]
-    assert first == anyio.run(provider.token)  # still cached: no request
+    assert first.value == anyio.run(provider.token).value  # still cached: no request
     assert [200] == token_statuses(emulator)
 
-    second = anyio.run(provider.refresh)
-    assert first != second
-    assert emulator.state.token_valid(second)
+    provider.invalidate(first)  # Graph answered 401
+    second = anyio.run(provider.token)
+    assert first.value != second.value
+    assert emulator.state.token_valid(second.value)
     assert [200, 200] == token_statuses(emulator)
 
 
@@ -240,7 +241,7 @@ def test_ca_bundle_wins_over_requests_ca_bundle_and_ssl_cert_file(
     assert "CERTIFICATE_VERIFY_FAILED" in str(caught.value)
 
     token = anyio.run(TokenProvider(load({}, env)).token)
-    assert emulator.state.token_valid(token)
+    assert emulator.state.token_valid(token.value)
     assert [200] == token_statuses(emulator)
 
 
@@ -294,7 +295,7 @@ def test_no_secret_in_repr_errors_or_logs(
         assert [] == [text for text in shown if SECRET in text or FEDERATED_B in text]
 
     good = load({}, base | {"ARCHIVER_CLIENT_SECRET": emulator.config.client_secret})
-    access_token = anyio.run(TokenProvider(good).token)
+    access_token = anyio.run(TokenProvider(good).token).value
     assert [401, 401, 200] == token_statuses(emulator)
     assert any("oauth2/v2.0/token" in line for line in every_log_line)  # the logs were seen
     secrets = (SECRET, FEDERATED_B, emulator.config.client_secret, access_token)

@@ -3,32 +3,19 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_backfill import archiver_env
+from helpers import archiver_env, free_port
 
 from archiver.cli import main
 from archiver.emulator import Emulator, EmulatorConfig
 from archiver.kinds import Kind
 
 
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[Emulator]:
-    """One small emulator for the module."""
-    with Emulator(EmulatorConfig(rows_per_day={Kind.PSTN: 50, Kind.DIRECT_ROUTING: 50})) as emu:
-        yield emu
-
-
-def closed_port() -> int:
-    """A loopback port nothing listens on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+pytestmark = pytest.mark.emulator(rows_per_day={Kind.PSTN: 50, Kind.DIRECT_ROUTING: 50})
 
 
 def files_under(path: Path) -> list[Path]:
@@ -159,7 +146,7 @@ def test_unreachable_s3_endpoint_is_named(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """An S3 endpoint that does not answer is one line naming the destination, exit 2."""
-    port = closed_port()
+    port = free_port()  # nothing listens there
     env = archiver_env(emulator, "s3://bucket/prefix") | {
         "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}",
         "AWS_ACCESS_KEY_ID": "testing",
@@ -260,7 +247,15 @@ def test_progress_line_counts_windows_rows_and_estimates_the_rest() -> None:
     now = [0.0]
     out = io.StringIO()
     progress = Progress(out, enabled=True, clock=lambda: now[0])
-    record = Record(kind="pstn", start="s", end="e", state="done", recorded_at="t", rows=1500)
+    from datetime import UTC, datetime
+
+    from archiver.kinds import Kind
+    from archiver.manifest import State
+
+    when = datetime(2024, 1, 1, tzinfo=UTC)
+    record = Record(
+        kind=Kind.PSTN, start=when, end=when, state=State.DONE, recorded_at=when, rows=1500
+    )
     now[0] = 30.0
     progress.update(record, 10)
     now[0] = 60.0

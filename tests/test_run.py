@@ -23,7 +23,7 @@ from test_backfill import archiver_command, archiver_env
 
 from archiver.emulator import Emulator, EmulatorConfig
 from archiver.kinds import Kind
-from archiver.manifest import Manifest, State
+from archiver.manifest import Manifest
 from archiver.metrics import Metrics
 from archiver.store import LocalStore
 from archiver.windows import Window, align_down, format_instant
@@ -45,11 +45,7 @@ def done_windows(dest: Path) -> dict[Window, str]:
     manifest = Manifest(LocalStore(dest))
     anyio.run(manifest.load)
     return {
-        Window(Kind(r.kind), datetime.fromisoformat(r.start), datetime.fromisoformat(r.end)): (
-            r.key or ""
-        )
-        for r in manifest.records.values()
-        if r.state == State.DONE.value
+        r.window: (r.key or "") for r in manifest.records.values() if r.done
     }
 
 

@@ -19,7 +19,7 @@ from archiver import verify as verify_module
 from archiver.cli import main
 from archiver.emulator import Emulator, EmulatorConfig
 from archiver.kinds import Kind
-from archiver.manifest import Manifest, Record, State, now_iso
+from archiver.manifest import Manifest, Record, State, utcnow
 from archiver.store import open_store
 from archiver.verify import check_file, verify
 
@@ -237,11 +237,11 @@ def test_window_rearchived_during_verify_is_not_a_problem(
         await writer.load()
         archive.write(key, data)
         record = Record(
-            kind="pstn",
-            start=start.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            end=(start + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            state=State.DONE.value,
-            recorded_at=now_iso(),
+            kind=Kind.PSTN,
+            start=start,
+            end=start + timedelta(days=1),
+            state=State.DONE,
+            recorded_at=utcnow(),
             key=key,
             rows=parquet_table(data).num_rows,
             bytes=len(data),
@@ -267,11 +267,11 @@ def test_outside_rows_are_found_without_statistics(tmp_path: Path) -> None:
     path = tmp_path / "x.parquet"
     path.write_bytes(data)
     record = Record(
-        kind="pstn",
-        start="2024-03-04T00:00:00Z",
-        end="2024-03-05T00:00:00Z",
-        state=State.DONE.value,
-        recorded_at=now_iso(),
+        kind=Kind.PSTN,
+        start=datetime(2024, 3, 4, tzinfo=UTC),
+        end=datetime(2024, 3, 5, tzinfo=UTC),
+        state=State.DONE,
+        recorded_at=utcnow(),
         key=KEY,
         rows=3,
         bytes=len(data),
@@ -291,11 +291,11 @@ def test_reader_crash_is_unreadable_not_fatal(
     path.write_bytes(b"PAR1 corrupt PAR1")
     monkeypatch.setattr(verify_module, "_CHILD", "import os; os.abort()")
     record = Record(
-        kind="pstn",
-        start="2024-03-04T00:00:00Z",
-        end="2024-03-05T00:00:00Z",
-        state=State.DONE.value,
-        recorded_at=now_iso(),
+        kind=Kind.PSTN,
+        start=datetime(2024, 3, 4, tzinfo=UTC),
+        end=datetime(2024, 3, 5, tzinfo=UTC),
+        state=State.DONE,
+        recorded_at=utcnow(),
         key=KEY,
         sha256=sha256(b"something else"),
     )

@@ -19,10 +19,10 @@ from test_backfill import archiver_command, archiver_env
 from archiver.cli import main
 from archiver.emulator import Emulator, EmulatorConfig
 from archiver.kinds import Kind
-from archiver.lease import Leases, Outcome, claim_key
-from archiver.manifest import Manifest, Record, State
+from archiver.lease import AlreadyDone, Busy, Claimed, Leases, claim_key
+from archiver.manifest import Manifest, Record, State, record_id
 from archiver.store import LocalStore, open_store
-from archiver.windows import Window, format_instant
+from archiver.windows import Window
 
 START = datetime(2024, 3, 4, tzinfo=UTC)
 ROWS = {Kind.PSTN: 1500, Kind.DIRECT_ROUTING: 1100}
@@ -117,19 +117,20 @@ def test_claims_keep_a_live_workers_window_and_hand_over_a_dead_ones(tmp_path: P
     now = [1000.0]
     alive = Leases(store, "alive", 60, clock=lambda: now[0])
     other = Leases(store, "other", 60, clock=lambda: now[0])
-    outcome, claim = alive.claim(window)
-    assert Outcome.CLAIMED == outcome
-    assert (Outcome.BUSY, 1060.0) == other.claim(window)
+    outcome = alive.claim(window)
+    assert isinstance(outcome, Claimed) and not outcome.taken_over
+    claim = outcome.claim
+    assert Busy(1060.0) == other.claim(window)
     now[0] = 1050.0
-    assert alive.renew(claim)  # type: ignore[arg-type]
+    assert alive.renew(claim)
     now[0] = 1100.0
-    assert (Outcome.BUSY, 1110.0) == other.claim(window)
+    assert Busy(1110.0) == other.claim(window)
     now[0] = 1111.0  # "alive" died without renewing
-    outcome, taken = other.claim(window)
-    assert Outcome.TAKEN_OVER == outcome
-    assert not alive.renew(claim)  # type: ignore[arg-type]
-    other.finish(taken)  # type: ignore[arg-type]
-    assert (Outcome.DONE, None) == alive.claim(window)
+    taken = other.claim(window)
+    assert isinstance(taken, Claimed) and taken.taken_over
+    assert not alive.renew(claim)
+    other.finish(taken.claim)
+    assert AlreadyDone() == alive.claim(window)
     held = json.loads(store.get_bytes(claim_key(window))[0])  # type: ignore[index]
     assert ("other", "done") == (held["owner"], held["state"])
 
@@ -151,12 +152,12 @@ def test_status_over_years_of_hourly_windows_reads_a_handful_of_objects(
         for i in range(hours):
             for kind in Kind:
                 start = first + timedelta(hours=i)
-                manifest.records[(kind.value, format_instant(start))] = Record(
-                    kind=kind.value,
-                    start=format_instant(start),
-                    end=format_instant(start + timedelta(hours=1)),
-                    state=State.DONE.value,
-                    recorded_at="2024-01-01T00:00:00Z",
+                manifest.records[record_id(kind, start)] = Record(
+                    kind=kind,
+                    start=start,
+                    end=start + timedelta(hours=1),
+                    state=State.DONE,
+                    recorded_at=datetime(2024, 1, 1, tzinfo=UTC),
                     key=f"{kind.value}/x.parquet",
                     rows=10,
                     bytes=1000,
@@ -167,11 +168,11 @@ def test_status_over_years_of_hourly_windows_reads_a_handful_of_objects(
             start = first + timedelta(hours=hours)
             await manifest.record(
                 Record(
-                    kind=kind.value,
-                    start=format_instant(start),
-                    end=format_instant(start + timedelta(hours=1)),
-                    state=State.FAILED.value,
-                    recorded_at="2024-01-02T00:00:00Z",
+                    kind=kind,
+                    start=start,
+                    end=start + timedelta(hours=1),
+                    state=State.FAILED,
+                    recorded_at=datetime(2024, 1, 2, tzinfo=UTC),
                     error="Graph answered 500",
                 )
             )
