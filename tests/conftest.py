@@ -1,7 +1,9 @@
-"""Shared fixtures: a clean environment, and S3 servers on loopback (moto and SeaweedFS)."""
+"""Shared fixtures: a clean environment, the Graph emulator, and S3 servers on loopback
+(moto and SeaweedFS). Shared helpers (not fixtures) live in helpers.py."""
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import uuid
@@ -10,6 +12,8 @@ from collections.abc import Iterator
 import boto3
 import pytest
 from seaweed import SeaweedServer, SeaweedUnavailable, running_seaweed
+
+from archiver.emulator import Emulator, EmulatorConfig
 
 CLEARED_PREFIXES = ("ARCHIVER_", "AWS_", "AZURE_")
 
@@ -23,6 +27,21 @@ def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.upper().startswith(CLEARED_PREFIXES):
             monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def emulator(request: pytest.FixtureRequest) -> Iterator[Emulator]:
+    """A Graph emulator on loopback for one test.
+
+    Its EmulatorConfig takes the fields of the closest `emulator` marker, e.g. a module's
+    `pytestmark = pytest.mark.emulator(rows_per_day={Kind.PSTN: 1500, ...})`, or a test's
+    own; without one, the defaults. The fields are copied, so a test may change its
+    emulator's config freely.
+    """
+    marker = request.node.get_closest_marker("emulator")
+    fields = copy.deepcopy(marker.kwargs) if marker else {}
+    with Emulator(EmulatorConfig(**fields)) as emu:
+        yield emu
 
 
 @pytest.fixture(scope="session")

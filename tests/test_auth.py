@@ -31,13 +31,6 @@ FEDERATED_A = "federated-token-A-eyJhbGciOi"
 FEDERATED_B = "federated-token-B-eyJhbGciOi"
 
 
-@pytest.fixture
-def emulator() -> Iterator[Emulator]:
-    """A Graph emulator with its token endpoint."""
-    with Emulator() as emu:
-        yield emu
-
-
 class Certificate:
     """A self-signed RSA certificate with its key, as PEM."""
 

@@ -6,9 +6,7 @@ import base64
 import os
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,7 +16,15 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from archive_check import assert_archive_exact, read_local, read_s3, s3_keys
+from helpers import (
+    archiver_command,
+    archiver_env,
+    assert_archive_exact,
+    backfill,
+    read_local,
+    read_s3,
+    s3_keys,
+)
 
 from archiver.cli import main
 from archiver.emulator import Emulator, EmulatorConfig
@@ -30,48 +36,10 @@ START = datetime(2024, 3, 4, tzinfo=UTC)
 WEEK = START + timedelta(days=7)
 ROWS = {Kind.PSTN: 1500, Kind.DIRECT_ROUTING: 1100}  # several pages per day for both kinds
 
-
-@pytest.fixture
-def emulator() -> Iterator[Emulator]:
-    """A Graph emulator with a few pages of rows per day."""
-    with Emulator(EmulatorConfig(rows_per_day=dict(ROWS))) as emu:
-        yield emu
+pytestmark = pytest.mark.emulator(rows_per_day=ROWS)
 
 
-def archiver_env(emu: Emulator, destination: str | Path, **extra: str) -> dict[str, str]:
-    """The environment a user would set to point the archiver at the emulator."""
-    return {
-        "ARCHIVER_TENANT_ID": emu.config.tenant_id,
-        "ARCHIVER_CLIENT_ID": emu.config.client_id,
-        "ARCHIVER_CLIENT_SECRET": emu.config.client_secret,
-        "ARCHIVER_AUTHORITY_HOST": emu.url,
-        "ARCHIVER_GRAPH_URL": emu.url,
-        "ARCHIVER_CA_BUNDLE": str(emu.ca_file),
-        "ARCHIVER_DESTINATION": str(destination),
-        "ARCHIVER_REQUESTS_PER_MINUTE": "100000",
-        "ARCHIVER_TENANT_REQUESTS_PER_MINUTE": "100000",
-        "ARCHIVER_LOG_FORMAT": "json",
-        **extra,
-    }
-
-
-def archiver_command(*args: str) -> list[str]:
-    """The archiver as a separate process, as a user or a container runs it."""
-    return [sys.executable, "-m", "archiver", *args]
-
-
-def backfill(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], *args: str) -> int:
-    """Run `archiver backfill` in-process with `env` set."""
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    return main(["backfill", *args])
-
-
-def graph_requests(emu: Emulator) -> int:
-    """Graph (not token) requests the emulator has seen."""
-    return sum(1 for r in emu.requests if r.endpoint == "graph")
-
-
+@pytest.mark.slow
 def test_week_of_both_kinds_into_s3_is_exact(
     emulator: Emulator, any_s3_destination: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -197,6 +165,7 @@ def test_local_folder_and_s3_hold_the_same_rows(
         assert local.num_rows == 2 * ROWS[kind]
 
 
+@pytest.mark.slow
 def test_run_killed_half_way_resumes_to_the_same_exact_archive(tmp_path: Path) -> None:
     """SIGKILL in the middle of a backfill, then a second run: every row exactly once."""
     config = EmulatorConfig(rows_per_day=dict(ROWS), latency=0.05)

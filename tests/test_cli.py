@@ -14,7 +14,6 @@ from archiver.cli import main
 from archiver.emulator import Emulator, EmulatorConfig
 from archiver.kinds import Kind
 
-
 pytestmark = pytest.mark.emulator(rows_per_day={Kind.PSTN: 50, Kind.DIRECT_ROUTING: 50})
 
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import duckdb
+import pytest
 
 
 def run_demo(cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -25,6 +26,7 @@ def run_demo(cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_demo_archives_a_sample_week_and_says_where(tmp_path: Path) -> None:
     """The demo archives seven days of both kinds into ./archive-demo, prints what it wrote
     and a query that works, and a second run fetches nothing again."""

@@ -93,12 +93,6 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture
-def emulator() -> Iterator[Emulator]:
-    with Emulator() as running:
-        yield running
-
-
-@pytest.fixture
 def session(emulator: Emulator) -> Iterator[VerifyingSession]:
     with VerifyingSession(emulator.ca_file) as client:
         yield client

@@ -2,34 +2,105 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
-from archive_check import assert_archive_exact, read_local
-from test_backfill import archiver_env, backfill
+from helpers import archiver_env, assert_archive_exact, backfill, read_local
 
 from archiver.auth import TokenProvider
-from archiver.config import load
+from archiver.config import Config, load
 from archiver.emulator import Emulator, EmulatorConfig, Faults
 from archiver.errors import WindowError
-from archiver.graph import GraphClient, WindowStats, make_limiters, open_session
+from archiver.graph import GraphClient, WindowStats, open_session
 from archiver.kinds import Kind
+from archiver.ratelimit import Gate, Limiter, Pacer
 from archiver.windows import Window
 
 START = datetime(2024, 3, 4, tzinfo=UTC)
 ROWS = {Kind.PSTN: 1500, Kind.DIRECT_ROUTING: 1100}
 
-
-@pytest.fixture
-def emulator() -> Iterator[Emulator]:
-    """An emulator with two pages per day of each kind."""
-    with Emulator(EmulatorConfig(rows_per_day=dict(ROWS))) as emu:
-        yield emu
+pytestmark = pytest.mark.emulator(rows_per_day=ROWS)  # two pages per day of each kind
 
 
+class SkipClock:
+    """Time that jumps instead of passing: the pacers, gates and Graph client of a test
+    wait on it, so a Retry-After or a backoff of any length takes no time at all.
+
+    `at()` puts a wall-clock instant (the emulator logs requests by time.time()) on the
+    same timeline, so a test still measures how long the client waited between requests.
+    """
+
+    def __init__(self) -> None:
+        self.skipped = 0.0  # seconds jumped so far
+        self._jumps: list[tuple[float, float]] = []  # (time.time() of a jump, skipped after)
+
+    def monotonic(self) -> float:
+        """The clock for Pacer and Gate."""
+        return time.monotonic() + self.skipped
+
+    def time(self) -> float:
+        """Wall-clock time on this timeline (what `time.time()` would say)."""
+        return time.time() + self.skipped
+
+    async def sleep(self, seconds: float) -> None:
+        """Jump `seconds` ahead at once; still a checkpoint, so other tasks run."""
+        self.skipped += max(0.0, seconds)
+        self._jumps.append((time.time(), self.skipped))
+        await anyio.lowlevel.checkpoint()
+
+    def at(self, wall: float) -> float:
+        """The wall-clock instant `wall` on this timeline: the jumps before it added."""
+        return wall + max((total for when, total in self._jumps if when <= wall), default=0.0)
+
+
+def limiters_on(clock: SkipClock, config: Config) -> dict[Kind, Limiter]:
+    """What make_limiters builds (a pacer and a gate per function, one tenant pacer), on
+    the skip clock."""
+    tenant = Pacer(config.tenant_requests_per_minute, clock.monotonic, clock.sleep)
+    return {
+        kind: Limiter(
+            Pacer(config.requests_per_minute, clock.monotonic, clock.sleep),
+            tenant,
+            Gate(clock.monotonic, clock.sleep),
+        )
+        for kind in Kind
+    }
+
+
+async def _client_pages(
+    emu: Emulator,
+    window: Window,
+    clock: SkipClock,
+    sleeps: list[float] | None = None,
+    after_page: Callable[[], None] = lambda: None,
+) -> list[list[dict[str, Any]]]:
+    """One window's pages through a real GraphClient on `clock`: no wait takes time. The
+    client's own sleeps (its backoffs) are listed in `sleeps`; `after_page` runs after
+    each page."""
+
+    async def client_sleep(seconds: float) -> None:
+        if sleeps is not None:
+            sleeps.append(seconds)
+        await clock.sleep(seconds)
+
+    config = load({}, archiver_env(emu, "unused") | {"ARCHIVER_CONCURRENCY": "1"})
+    async with open_session(config) as session:
+        tokens = TokenProvider(config)
+        graph = GraphClient(config, session, tokens, limiters_on(clock, config), sleep=client_sleep)
+        pages = []
+        async for rows in graph.pages(window, WindowStats()):
+            pages.append(rows)
+            after_page()
+        return pages
+
+
+@pytest.mark.slow
 def test_fault_mix_still_gives_the_exact_archive(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -60,39 +131,34 @@ def test_fault_mix_still_gives_the_exact_archive(
 
 
 @pytest.mark.parametrize("form", ["seconds", "date"])
-def test_no_request_is_retried_before_its_retry_after(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, form: str
-) -> None:
+def test_no_request_is_retried_before_its_retry_after(form: str) -> None:
     """After a 429 with Retry-After, the same page is asked for again only after that delay."""
     faults = Faults(throttle=0.3, retry_after=form, retry_after_seconds=1, seed=3)
     config = EmulatorConfig(rows_per_day={Kind.PSTN: 1500, Kind.DIRECT_ROUTING: 10}, faults=faults)
+    days = [
+        Window(Kind.PSTN, START + timedelta(days=d), START + timedelta(days=d + 1))
+        for d in (0, 1, 2)
+    ]
+    clock = SkipClock()
     with Emulator(config) as emu:
-        dest = tmp_path / "archive"
-        assert 0 == backfill(
-            monkeypatch,
-            archiver_env(emu, dest),
-            "--start",
-            "2024-03-04",
-            "--end",
-            "2024-03-07",
-            "--kind",
-            "pstn",
-        )
+        fetched = [anyio.run(_client_pages, emu, day, clock) for day in days]
         log = [r for r in emu.requests if r.endpoint == "graph"]
+        # PSTN's end is inclusive: the row at the next midnight comes with each day
+        truth = [
+            emu.rows(Kind.PSTN, day.start, day.end + timedelta(microseconds=1), version="v1.0")
+            for day in days
+        ]
     throttled = [r for r in log if r.status == 429]
     assert throttled, "the emulator throttled nothing"
     for hit in throttled:
         assert hit.retry_after is not None
-        later = [r.at for r in log if r.path_qs == hit.path_qs and r.at > hit.at]
+        later = [clock.at(r.at) for r in log if r.path_qs == hit.path_qs and r.at > hit.at]
         assert later, f"{hit.path_qs} was never retried"
         # An HTTP-date has whole seconds: the emulator rounds up, so 1 s is the floor either way.
-        assert min(later) - hit.at >= 1.0, f"retried after {min(later) - hit.at:.3f}s"
-    for kind in (Kind.PSTN,):
-        assert_archive_exact(
-            kind,
-            read_local(dest, kind),
-            emu.rows(kind, START, START + timedelta(days=3), version="v1.0"),
-        )
+        waited = min(later) - clock.at(hit.at)
+        assert waited >= 1.0, f"retried after {waited:.3f}s"
+    # every row of the three days exactly once, as served, despite the 429s
+    assert truth == [[row for page in pages for row in page] for pages in fetched]
 
 
 def test_next_link_to_another_host_gets_no_token_and_fails_its_window(
@@ -127,27 +193,12 @@ def test_next_link_to_another_host_gets_no_token_and_fails_its_window(
     assert [] == list(dest.rglob("*.parquet"))
 
 
-async def _client_pages(emu: Emulator, window: Window, sleeps: list[float]) -> list[int]:
-    """Fetch one window through a real GraphClient; sleeps are recorded, not slept."""
-
-    async def fake_sleep(seconds: float) -> None:
-        sleeps.append(seconds)
-
-    config = load({}, archiver_env(emu, "unused") | {"ARCHIVER_CONCURRENCY": "1"})
-    async with open_session(config) as session:
-        tokens = TokenProvider(config)
-        graph = GraphClient(config, session, tokens, make_limiters(config), sleep=fake_sleep)
-        sizes = []
-        async for rows in graph.pages(window, WindowStats()):
-            sizes.append(len(rows))
-            emu.expire_tokens()  # every token dies after its first page
-        return sizes
-
-
 def test_expired_token_is_refreshed_and_the_request_retried(emulator: Emulator) -> None:
     """A 401 mid-window makes the client fetch a fresh token and ask again, once."""
     window = Window(Kind.PSTN, START, START + timedelta(days=1))
-    sizes = anyio.run(_client_pages, emulator, window, [])
+    # every token dies after its first page
+    pages = anyio.run(_client_pages, emulator, window, SkipClock(), None, emulator.expire_tokens)
+    sizes = [len(rows) for rows in pages]
     assert [1000, 501] == sizes  # PSTN's inclusive end returns the next midnight row too
     log = [(r.endpoint, r.status) for r in emulator.requests if r.endpoint != "discovery"]
     assert [
@@ -165,7 +216,7 @@ def test_window_fails_after_its_attempts_are_used_up(emulator: Emulator) -> None
     window = Window(Kind.DIRECT_ROUTING, START, START + timedelta(days=1))
     sleeps: list[float] = []
     with pytest.raises(WindowError) as caught:
-        anyio.run(_client_pages, emulator, window, sleeps)
+        anyio.run(_client_pages, emulator, window, SkipClock(), sleeps)
     graph = [r for r in emulator.requests if r.endpoint == "graph"]
     assert 8 == len(graph)
     assert 7 == len(sleeps)
@@ -176,24 +227,23 @@ def test_window_fails_after_its_attempts_are_used_up(emulator: Emulator) -> None
     )
 
 
-def test_token_endpoint_outage_is_retried_with_backoff(emulator: Emulator) -> None:
+def test_token_endpoint_outage_is_retried_with_backoff(
+    emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """When the token endpoint answers 503 while a window is fetched, the client backs off
     (MSAL itself replays a 5xx until its Retry-After has passed) and asks again; the
     window still gets all its pages."""
     window = Window(Kind.PSTN, START, START + timedelta(days=1))
+    clock = SkipClock()
+    # MSAL times its replay of a 5xx by time.time() in its HTTP cache: on the skip clock
+    # too, so the client's backoffs (skipped, not slept) outlast it as real ones would.
+    monkeypatch.setattr("msal.individual_cache.time", clock)
 
-    async def go() -> list[int]:
-        config = load({}, archiver_env(emulator, "unused"))
-        async with open_session(config) as session:
-            tokens = TokenProvider(config)
-            graph = GraphClient(config, session, tokens, make_limiters(config))
-            sizes = []
-            async for rows in graph.pages(window, WindowStats()):
-                sizes.append(len(rows))
-                emulator.expire_tokens()  # the next page needs a new token ...
-                emulator.config.token_outages = 2  # ... and the token endpoint is down twice
-            return sizes
+    def outage() -> None:
+        emulator.expire_tokens()  # the next page needs a new token ...
+        emulator.config.token_outages = 2  # ... and the token endpoint is down twice
 
-    assert [1000, 501] == anyio.run(go)
+    pages = anyio.run(_client_pages, emulator, window, clock, None, outage)
+    assert [1000, 501] == [len(rows) for rows in pages]
     tokens = [r.status for r in emulator.requests if r.endpoint == "token"]
     assert [200, 503, 503, 200] == tokens

@@ -45,3 +45,18 @@ def test_the_emulator_depends_on_nothing_but_kinds() -> None:
     """The Graph emulator stands apart from the archiver it serves."""
     used = set().union(*(imported(p) for p in (PACKAGE / "emulator").glob("*.py")))
     assert set() == used - {"kinds", "emulator"}
+
+
+def test_no_test_module_imports_another() -> None:
+    """Test modules share code through conftest.py and helpers.py, never by importing
+    one another."""
+    tests = Path(__file__).resolve().parent
+    modules = {p.stem for p in tests.glob("test_*.py")}
+    imports = []
+    for path in sorted(tests.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imports += [(path.name, node.module)]
+            elif isinstance(node, ast.Import):
+                imports += [(path.name, a.name) for a in node.names]
+    assert [] == [(name, module) for name, module in imports if module.split(".")[0] in modules]

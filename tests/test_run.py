@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -18,8 +17,7 @@ import anyio
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from archive_check import assert_archive_exact
-from test_backfill import archiver_command, archiver_env
+from helpers import archiver_command, archiver_env, assert_archive_exact, free_port
 
 from archiver.emulator import Emulator, EmulatorConfig
 from archiver.kinds import Kind
@@ -44,16 +42,7 @@ def done_windows(dest: Path) -> dict[Window, str]:
     """The windows the manifest records as done, with their object keys."""
     manifest = Manifest(LocalStore(dest))
     anyio.run(manifest.load)
-    return {
-        r.window: (r.key or "") for r in manifest.records.values() if r.done
-    }
-
-
-def free_port() -> int:
-    """A free loopback port."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return {r.window: (r.key or "") for r in manifest.records.values() if r.done}
 
 
 def get(port: int, path: str) -> tuple[str, str]:
@@ -249,6 +238,7 @@ def test_round_skips_windows_past_retention_and_reports_them_once(
     assert abs(expected - margin) < 0.01
 
 
+@pytest.mark.slow
 def test_second_signal_stops_at_once_and_leaves_nothing_half_done(tmp_path: Path) -> None:
     """SIGTERM starts a graceful stop; a second one abandons the windows in flight at once
     (exit 130 for a backfill), removing their spool files and releasing their claims, so

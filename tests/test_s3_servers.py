@@ -17,7 +17,7 @@ from pathlib import Path
 
 import botocore.exceptions
 import pytest
-from test_store import b64_sha256, bucket_of, count_up_concurrently, raw_client, spool_file
+from helpers import b64_sha256, bucket_of, count_up_concurrently, raw_client, spool_file
 
 from archiver.errors import RetryableError, WindowError
 from archiver.store import S3Store, StoreOptions, open_store

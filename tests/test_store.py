@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import os
 import random
-import socket
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -14,9 +12,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import boto3
 import botocore.exceptions
 import pytest
+from helpers import b64_sha256, bucket_of, count_up_concurrently, free_port, raw_client, spool_file
 
 from archiver.errors import RetryableError, UsageError, WindowError
 from archiver.store import (
@@ -45,35 +43,6 @@ def store(destination: str) -> Store:
     result = open_store(destination)
     result.check()
     return result
-
-
-def raw_client() -> Any:
-    """A plain boto3 S3 client on the same AWS chain (for looking behind the store)."""
-    return boto3.session.Session().client("s3")
-
-
-def bucket_of(destination: str) -> str:
-    """The bucket of an `s3://bucket/prefix` destination."""
-    return destination.removeprefix("s3://").split("/")[0]
-
-
-def spool_file(store: Store, data: bytes) -> tuple[Path, str]:
-    """A file in the store's spool holding `data`, and its SHA-256 hex digest."""
-    path = store.spool_dir() / f"test-{random.getrandbits(64):x}.partial"
-    path.write_bytes(data)
-    return path, hashlib.sha256(data).hexdigest()
-
-
-def b64_sha256(data: bytes) -> str:
-    """The base64 SHA-256 that S3 reports in x-amz-checksum-sha256."""
-    return base64.b64encode(hashlib.sha256(data).digest()).decode()
-
-
-def closed_port() -> int:
-    """A loopback port where nothing listens."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # ---------------------------------------------------------------- both stores
@@ -451,28 +420,6 @@ def test_local_write_error_fails_the_window(tmp_path: Path) -> None:
     assert f"{tmp_path / 'a' / 'b.json'}: write failed: Not a directory" == str(caught.value)
 
 
-def count_up_concurrently(store: Store, threads: int, each: int) -> bytes:
-    """Threads each add 1 to an object `each` times by read / compare-and-swap; the result."""
-    store.put_bytes("counter", b"0")
-
-    def increment_many() -> None:
-        for _ in range(each):
-            while True:
-                got = store.get_bytes("counter")
-                assert got is not None
-                if store.put_bytes_if_match("counter", str(int(got[0]) + 1).encode(), got[1]):
-                    break
-
-    workers = [threading.Thread(target=increment_many) for _ in range(threads)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    got = store.get_bytes("counter")
-    assert got is not None
-    return got[0]
-
-
 def test_local_conditional_writes_lose_no_update(tmp_path: Path) -> None:
     """Threads doing read / compare-and-swap increments never lose one another's updates."""
     expected = b"120"
@@ -500,6 +447,7 @@ def test_s3_list_ignores_neighbours_and_folder_markers(s3_destination: str) -> N
     assert expected == [info.key for info in open_store(s3_destination).list()]
 
 
+@pytest.mark.slow
 def test_s3_list_pages_through_many_objects(s3_destination: str) -> None:
     """list follows continuation tokens past S3's 1,000-key pages."""
     client, bucket = raw_client(), bucket_of(s3_destination)
@@ -606,7 +554,7 @@ def test_s3_check_refuses_unreachable_endpoint(
     s3_env: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An endpoint where nothing listens is a one-line usage error naming it."""
-    port = closed_port()
+    port = free_port()  # nothing listens there
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{port}")
     with pytest.raises(UsageError) as caught:
         open_store("s3://bkt/archive").check()
@@ -675,7 +623,7 @@ def test_s3_unreachable_endpoint_later_is_retryable(
     s3_env: str, monkeypatch: pytest.MonkeyPatch, call: Callable[[Store], object]
 ) -> None:
     """Connection trouble after boto's own retries is a RetryableError naming the object."""
-    port = closed_port()
+    port = free_port()  # nothing listens there
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{port}")
     with pytest.raises(RetryableError, match=r"^s3://bkt/archive/\S*: \w+ failed: cannot reach "):
         call(open_store("s3://bkt/archive"))

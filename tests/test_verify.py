@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,11 +12,11 @@ import boto3
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from test_backfill import archiver_env, backfill
+from helpers import archiver_env, backfill
 
 from archiver import verify as verify_module
 from archiver.cli import main
-from archiver.emulator import Emulator, EmulatorConfig
+from archiver.emulator import Emulator
 from archiver.kinds import Kind
 from archiver.manifest import Manifest, Record, State, utcnow
 from archiver.store import open_store
@@ -26,6 +25,8 @@ from archiver.verify import check_file, verify
 ROWS = {Kind.PSTN: 300, Kind.DIRECT_ROUTING: 300}
 KEY = "pstn/date=2024-03-04/20240304T000000Z.parquet"  # the first PSTN window
 NEXT_DAY_KEY = "pstn/date=2024-03-05/20240305T000000Z.parquet"
+
+pytestmark = pytest.mark.emulator(rows_per_day=ROWS)  # a few hundred rows per day and kind
 
 
 @dataclass
@@ -63,13 +64,6 @@ class Archive:
             return
         bucket, prefix = self._s3()
         boto3.client("s3").delete_object(Bucket=bucket, Key=f"{prefix}/{key}")
-
-
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[Emulator]:
-    """A Graph emulator with a few hundred rows per day and kind."""
-    with Emulator(EmulatorConfig(rows_per_day=dict(ROWS))) as emu:
-        yield emu
 
 
 @pytest.fixture(params=["local", "s3"])

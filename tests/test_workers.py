@@ -13,8 +13,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-from archive_check import assert_archive_exact, read_local, read_s3
-from test_backfill import archiver_command, archiver_env
+from helpers import archiver_command, archiver_env, assert_archive_exact, read_local, read_s3
 
 from archiver.cli import main
 from archiver.emulator import Emulator, EmulatorConfig
@@ -28,12 +27,17 @@ START = datetime(2024, 3, 4, tzinfo=UTC)
 ROWS = {Kind.PSTN: 1500, Kind.DIRECT_ROUTING: 1100}
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_then_a_full_run_leaves_an_exact_archive(
     tmp_path: Path,
 ) -> None:
     """Five SIGKILLs at random moments of a two-week backfill, then a run to the end:
     every id exactly once and `verify` finds nothing wrong."""
-    config = EmulatorConfig(rows_per_day=dict(ROWS), latency=0.1)
+    # A window takes two pages of 0.4 s each, longer than the (at most 0.4 s) wait for the
+    # kill, so after its first object a run can finish only the windows its two workers
+    # then have in flight: five runs store at most 20 of the 28 windows, and each is
+    # killed whatever its random moment.
+    config = EmulatorConfig(rows_per_day=dict(ROWS), latency=0.4)
     rng = random.Random(20241124)
     with Emulator(config) as emu:
         dest = tmp_path / "archive"
@@ -42,21 +46,31 @@ def test_sigkill_at_random_moments_then_a_full_run_leaves_an_exact_archive(
             **archiver_env(emu, dest, ARCHIVER_CONCURRENCY="2", ARCHIVER_LEASE="2s"),
         }
         args = archiver_command("backfill", "--start", "2024-03-04", "--end", "2024-03-18")
+        stored = 0
         kills = 0
+        ended: list[int] = []  # exit codes of runs that ended before their kill
         for _ in range(5):
-            objects = len(list(dest.rglob("*.parquet")))
             process = subprocess.Popen(
                 args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
             )
             deadline = time.monotonic() + 60
-            while len(list(dest.rglob("*.parquet"))) <= objects and time.monotonic() < deadline:
+            while (
+                len(list(dest.rglob("*.parquet"))) <= stored
+                and process.poll() is None
+                and time.monotonic() < deadline
+            ):
                 time.sleep(0.01)  # until this run has stored something
             time.sleep(rng.uniform(0, 0.4))  # then a random moment, not a timing assertion
             if process.poll() is None:
                 process.send_signal(signal.SIGKILL)
                 kills += 1
+            else:
+                ended.append(process.returncode)
             process.wait()
-        assert kills >= 5, "the backfill finished before it could be killed five times"
+            stored = len(list(dest.rglob("*.parquet")))
+        assert 5 == kills, f"runs ended before their kill, exit codes {ended}"
+        assert stored < 28, "the killed runs archived everything: nothing was left to resume"
+        emu.config.latency = 0.0  # the run to the end need not be slow
         done = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
         assert 0 == done.returncode, done.stderr
         for kind in Kind:
@@ -74,6 +88,7 @@ def pages_fetched(emu: Emulator) -> int:
     return sum(1 for r in emu.requests if r.endpoint == "graph" and r.status == 200)
 
 
+@pytest.mark.slow
 def test_three_workers_on_one_destination_share_the_work(
     tmp_path: Path, s3_destination: str
 ) -> None:
