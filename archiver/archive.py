@@ -13,7 +13,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -101,13 +101,22 @@ class Archiver:
         self._per_group = group_rows(config.concurrency)  # rows per Parquet row group
 
     async def claim_and_archive(
-        self, window: Window, defer: Callable[[Window, float], None]
+        self,
+        window: Window,
+        defer: Callable[[Window, float], None],
+        wanted: Callable[[Window], bool],
     ) -> Record | None:
-        """Archive a window if no other worker holds it; None when it is not ours to do.
+        """Archive a window if it is still `wanted` and no other worker holds it; None
+        when it is not ours to do.
 
-        A window another worker holds (or took over from us) is handed to `defer` with
-        the time to look again; one that another worker archived meanwhile is not ours.
+        `wanted` asks the manifest as it stands now (it is reloaded when other workers
+        compact or a lease is taken over): a window another worker archived meanwhile
+        is not wanted any more, and a re-archive (run's re-sweep) only while its record
+        is stale. A window another worker holds (or took over from us) is handed to
+        `defer` with the time to look again.
         """
+        if not wanted(window):
+            return None
         redo = self.manifest.is_done(window)  # a re-archive (run's re-sweep)
         outcome = await anyio.to_thread.run_sync(self.leases.claim, window, redo)
         if isinstance(outcome, Busy):
@@ -118,12 +127,12 @@ class Archiver:
         claim = outcome.claim
         if outcome.taken_over:
             await self.manifest.load()  # its dead holder may have finished it
-            if self.manifest.is_done(window) and not redo:
+            if not wanted(window):
                 await self._settle_claim(self.leases.finish, claim)
                 return None
         try:
             async with self.leases.hold(claim):
-                record = await self.archive(window)
+                record = await self.archive(window, lambda: self.leases.confirm(claim))
         except LeaseLost as exc:
             log.warning("%s; left to it", exc)
             defer(window, time.time() + self.leases.duration)
@@ -142,14 +151,27 @@ class Archiver:
         except ArchiverError as exc:
             log.warning("claim of %s left to expire: %s", claim.window, exc)
 
-    async def archive(self, window: Window) -> Record:
-        """Fetch, write, reconcile, store and record one window; WindowError if it fails."""
+    async def archive(
+        self, window: Window, confirm: Callable[[], Awaitable[None]] | None = None
+    ) -> Record:
+        """Fetch, write, reconcile, store and record one window; WindowError if it fails.
+
+        `confirm` is awaited right before the object is replaced: it raises LeaseLost if
+        another worker took the window over, so a worker never replaces what another
+        worker archived.
+        """
         began = time.monotonic()
         stats = WindowStats()
         started_at = utcnow()
         metadata = self._metadata(window, started_at)
         fetched, ids = await self._fetch(window, stats, metadata)
         final = await self._reconcile(window, fetched, ids, metadata)
+        if confirm is not None:
+            try:
+                await confirm()
+            except BaseException:
+                final.file.path.unlink(missing_ok=True)
+                raise
         info = await self._store(window, final.file)
         record = Record(
             kind=window.kind,

@@ -72,20 +72,24 @@ class Round:
     def resweep(self, kind: Kind) -> list[Window]:
         """Archived windows young enough to gain late rows, not re-archived lately."""
         young = self.now - self.config.resweep
+        return [
+            window
+            for window in plan(
+                [kind], max(young, self.first_window(kind)), self.now, self.config.window
+            )
+            if self.manifest.is_done(window) and self.wants(window)
+        ]
+
+    def wants(self, window: Window) -> bool:
+        """Whether `window` still needs archiving this round, by the manifest as it stands
+        now (other workers may have archived or re-swept it since the round was planned):
+        not archived yet, or archived but young and not re-swept lately."""
+        record = self.manifest.get(window)
+        if record is None or not record.done:
+            return True
+        young = self.now - self.config.resweep
         stale = self.now - self.config.resweep_interval
-        windows = []
-        for window in plan(
-            [kind], max(young, self.first_window(kind)), self.now, self.config.window
-        ):
-            record = self.manifest.get(window)
-            if (
-                record is not None
-                and record.done
-                and window.end > young
-                and record.recorded_at <= stale
-            ):
-                windows.append(window)
-        return windows
+        return window.end > young and record.recorded_at <= stale
 
     def next_wake(self) -> datetime:
         """When the next window settles or the next re-sweep falls due."""
@@ -170,5 +174,5 @@ async def one_round(
     result = RunResult(planned=len(windows))
     log.info("round: %d windows to archive", len(windows))
     if windows:
-        await run_windows(archiver, windows, result, shutdown)
+        await run_windows(archiver, windows, result, shutdown, wanted=now.wants)
     return result

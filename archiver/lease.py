@@ -122,7 +122,10 @@ class Leases:
                 return Busy(float(held["expires_at"]))
             etag = self.store.put_bytes_if_match(key, body, old_etag)
             if etag is not None:
-                return Claimed(Claim(window, etag, expires_at), held["state"] != "done")
+                # Taken over: another worker was at it (our own claim, whose answer was
+                # lost, is not).
+                taken_over = held["state"] != "done" and held["owner"] != self.owner
+                return Claimed(Claim(window, etag, expires_at), taken_over)
         return Busy(self._clock() + 1.0)
 
     def renew(self, claim: Claim) -> bool:
@@ -151,6 +154,12 @@ class Leases:
         self.store.put_bytes_if_match(
             claim_key(claim.window), self._body(claim.window, "working", 0.0), claim.etag
         )
+
+    async def confirm(self, claim: Claim) -> None:
+        """Renew the lease now, or raise LeaseLost: called right before the window's object
+        is replaced, so no other worker can take the window over while it is stored."""
+        if not await anyio.to_thread.run_sync(self.renew, claim):
+            raise LeaseLost(f"{claim.window}: another worker took it over")
 
     @asynccontextmanager
     async def hold(self, claim: Claim) -> AsyncIterator[Claim]:

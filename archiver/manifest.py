@@ -30,16 +30,16 @@ import gzip
 import logging
 import random
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import orjson
 
-from archiver.errors import ArchiverError, UsageError
+from archiver.errors import ArchiverError, RetryableError, UsageError
 from archiver.kinds import Kind
 from archiver.store import Store
 from archiver.windows import (
@@ -52,13 +52,16 @@ from archiver.windows import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PREFIX = "_manifest/"
 SETTINGS_KEY = PREFIX + "settings.json"
 SNAPSHOT_KEY = PREFIX + "snapshot.json.gz"
 JOURNAL_PREFIX = PREFIX + "journal/"
 PLANS_PREFIX = PREFIX + "plans/"
-COMPACT_AFTER = 256  # journal entries that trigger a compaction
+COMPACT_AFTER = 256  # journal entries that trigger a compaction, at least ...
+COMPACT_SHARE = 64  # ... and one for every 64 records: a compaction rewrites every record,
+# so its cost per window recorded stays bounded (about 64 records) as the manifest grows
 COMPACT_ATTEMPTS = 8  # lost races with other workers before a compaction is left for later
 READERS = 16  # threads reading journal entries at once
 
@@ -221,6 +224,22 @@ class _Read:
     snapshot_etag: str | None
 
 
+STORE_ATTEMPTS = 4  # tries of a manifest read or journal write the store fails transiently
+
+
+async def _retrying(function: Callable[..., T], *args: Any) -> T:
+    """`function(*args)` in a worker thread, tried again after a jittered pause while the
+    store fails transiently (beyond the retries botocore made already)."""
+    for attempt in range(1, STORE_ATTEMPTS + 1):
+        try:
+            return await anyio.to_thread.run_sync(function, *args)
+        except RetryableError:
+            if attempt == STORE_ATTEMPTS:
+                raise
+            await anyio.sleep(random.uniform(0.5, 1.0) * 2**attempt)
+    raise AssertionError("unreachable")
+
+
 def _jittered(attempt: int) -> float:
     """Seconds to wait before compaction attempt `attempt` + 1: full jitter, capped."""
     return random.uniform(0, min(5.0, 0.05 * 2**attempt))
@@ -246,8 +265,10 @@ class Manifest:
     # ---------------------------------------------------------------- reading
 
     async def load(self) -> None:
-        """Read settings, snapshot, plans and journal, and merge them into the view."""
-        self._apply(await anyio.to_thread.run_sync(self._read))
+        """Read settings, snapshot, plans and journal, and merge them into the view.
+
+        A store that keeps failing transiently raises RetryableError after a few tries."""
+        self._apply(await _retrying(self._read))
 
     def _read(self) -> _Read:
         settings = self.store.get_bytes(SETTINGS_KEY)
@@ -367,6 +388,10 @@ class Manifest:
         record = self.get(window)
         return record is not None and record.done
 
+    def is_pending(self, window: Window) -> bool:
+        """Whether `window` is not archived yet, as far as this manifest knows."""
+        return not self.is_done(window)
+
     async def record(self, record: Record) -> None:
         """Write one record durably (a journal entry), then apply it in memory.
 
@@ -375,10 +400,11 @@ class Manifest:
         """
         key = f"{JOURNAL_PREFIX}{_stamp(record.recorded_at)}-{uuid.uuid4().hex}.json"
         data = orjson.dumps(record.to_json(), option=orjson.OPT_SORT_KEYS)
-        await anyio.to_thread.run_sync(self.store.put_bytes, key, data)
+        await _retrying(self.store.put_bytes, key, data)  # a unique key: safe to write again
         self.records[record.id] = merge(self.records.get(record.id), record)
         self._journal[key] = None
-        if len(self._journal) >= COMPACT_AFTER and not self._compacting.locked():
+        due = max(COMPACT_AFTER, len(self.records) // COMPACT_SHARE)
+        if len(self._journal) >= due and not self._compacting.locked():
             await self.compact()
 
     # ---------------------------------------------------------------- compaction

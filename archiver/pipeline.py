@@ -175,16 +175,21 @@ async def run_windows(
     result: RunResult,
     shutdown: Shutdown,
     on_done: Callable[[Record, RunResult], None] | None = None,
+    wanted: Callable[[Window], bool] | None = None,
 ) -> None:
     """Archive `windows` with `concurrency` workers until done or stopped; failures are
-    recorded, StopRun re-raised."""
+    recorded, StopRun re-raised.
+
+    `wanted` tells, right before a window is claimed, whether it still needs archiving
+    (default: not archived yet by anyone, as far as the manifest knows by then)."""
+    wanted = wanted or archiver.manifest.is_pending
     queue = WindowQueue(windows, shutdown)
     stop: list[StopRun | UsageError] = []
 
     async def worker(scope: anyio.CancelScope) -> None:
         while (window := await queue.next()) is not None:
             try:
-                record = await archiver.claim_and_archive(window, queue.defer)
+                record = await archiver.claim_and_archive(window, queue.defer, wanted)
             except (StopRun, UsageError) as exc:
                 stop.append(exc)
                 scope.cancel()

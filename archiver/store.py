@@ -47,7 +47,7 @@ import botocore.config
 import botocore.exceptions
 from boto3.s3.transfer import TransferConfig
 
-from archiver.errors import RetryableError, UsageError, WindowError
+from archiver.errors import ArchiverError, RetryableError, UsageError, WindowError
 
 MiB = 1024 * 1024
 SINGLE_PUT_LIMIT = 64 * MiB  # larger files go up in parts
@@ -625,6 +625,8 @@ class S3Store(Store):
                 raise UsageError(
                     f"{where}: access denied (check the AWS credentials and the bucket policy)"
                 ) from exc
+            if _status(exc) >= 500 or _code(exc) in RETRYABLE_CODES:
+                raise RetryableError(f"{where}: S3 failed HeadBucket: {_describe(exc)}") from exc
             raise UsageError(f"{where}: S3 refused HeadBucket: {_describe(exc)}") from exc
         except FOREIGN_ERRORS as exc:
             raise self._check_error(exc) from exc
@@ -820,11 +822,22 @@ class S3Store(Store):
 
     @contextlib.contextmanager
     def _errors(self, action: str, key: str) -> Iterator[None]:
-        """Turn botocore, boto3 and OS errors into RetryableError or WindowError."""
+        """Turn botocore, boto3 and OS errors into RetryableError or WindowError — and any
+        other library error too: an S3-compatible server that answers unlike S3 (a HEAD
+        without Content-Length makes s3transfer raise KeyError) fails one window, in one
+        line, not the run."""
         try:
             yield
         except FOREIGN_ERRORS as exc:
             raise self._failure(action, key, exc) from exc
+        except (ArchiverError, ValueError):
+            raise  # ours, or a key we refuse before asking S3
+        except Exception as exc:
+            root = f"{self.prefix}/" if self.prefix else ""
+            raise WindowError(
+                f"s3://{self.bucket}/{root}{key}: {action} failed: the S3 server's answer "
+                f"was not understood ({type(exc).__name__}: {_one_line(exc)})"
+            ) from exc
 
     def _failure(self, action: str, key: str, exc: Exception) -> WindowError:
         root = f"{self.prefix}/" if self.prefix else ""
