@@ -215,7 +215,7 @@ class GraphClient:
             self.requests += 1
             try:
                 page = await self._request(url, token.value)
-                limiter.succeeded()
+                limiter.succeeded(sent_at)
                 self._count(kind, "200")
                 return page
             except ThrottledError as exc:

@@ -57,6 +57,7 @@ from archiver.kinds import Kind
 FAULT_NAMES = ("throttle", "server_error", "reset", "truncated", "not_json", "no_value")
 VERSIONS = ("v1.0", "beta")
 PSTN_MAX_DAYS = 90
+BUCKET_RETRY_AFTER = 2.0  # seconds: the leaky bucket's Retry-After unless configured
 _MAX_RANGE_DAYS = 3660  # the emulator's own guard against walking millennia of days
 _JSON_CONTENT_TYPE = (
     "application/json;odata.metadata=minimal;odata.streaming=true;"
@@ -113,9 +114,11 @@ class EmulatorConfig:
     seed: int = 1
     latency: float = 0.0  # seconds added to every Graph page response
     token_lifetime: int = 3600  # expires_in of issued tokens
-    rate_cap_per_minute: int | None = None  # per Kind, sliding 60 s; throttled requests count
+    rate_cap_per_minute: int | None = None  # per Kind, per `rate_cap_window`; throttled count too
     rate_cap_window: float = 60.0  # seconds the cap counts over (benchmarks shorten it)
+    rate_cap_model: str = "window"  # "window": sliding window; "bucket": leaky bucket (below)
     cap_retry_after: str = "seconds"  # "seconds" | "date" | "none"
+    cap_retry_after_seconds: float | None = None  # None: until a slot frees (window), 2 (bucket)
     faults: Faults = field(default_factory=Faults)
     permission: bool = True  # False: every Graph request gets 403
     next_link_host: str | None = None  # scheme+host for nextLinks instead of the request's
@@ -156,6 +159,7 @@ class EmulatorState:
         self._log: list[RequestRecord] = []
         self._tokens: dict[str, float] = {}  # access token -> expiry (time.time())
         self._recent: dict[Kind, deque[float]] = {kind: deque() for kind in Kind}
+        self._bucket: dict[Kind, tuple[float, float]] = {kind: (0.0, 0.0) for kind in Kind}
         self._fault_rng = random.Random()
         self._fault_source: Faults | None = None
         self._fault_seed: int | None = None
@@ -203,21 +207,52 @@ class EmulatorState:
 
     # throttling
     def over_cap(self, kind: Kind, now: float) -> float | None:
-        """Count a request against the cap; seconds until a slot frees if it is over, else None."""
-        cap = self.config.rate_cap_per_minute
-        window = self.config.rate_cap_window
+        """Count a request against the cap; seconds the 429's Retry-After names if it is over,
+        else None.
+
+        Two models of Graph's per-function limit, both counting throttled requests too:
+        "window" allows `rate_cap_per_minute` requests in any `rate_cap_window` seconds and
+        names the time until a slot frees; "bucket" is a leaky bucket that drains at
+        `rate_cap_per_minute / rate_cap_window` requests a second and holds one second's
+        worth (at least one request), and names a fixed wait (`cap_retry_after_seconds`,
+        default 2 s). `now` is any monotonic clock, in seconds.
+        """
+        config = self.config
+        cap = config.rate_cap_per_minute
+        if cap is None:
+            return None
+        if config.rate_cap_model == "bucket":
+            return self._over_bucket(kind, now, cap / config.rate_cap_window)
+        if config.rate_cap_model != "window":
+            raise ValueError(f"unknown rate_cap_model {config.rate_cap_model!r}")
+        window = config.rate_cap_window
         with self._lock:
             recent = self._recent[kind]
             while recent and recent[0] <= now - window:
                 recent.popleft()
-            over = cap is not None and len(recent) >= cap
+            over = len(recent) >= cap
             recent.append(now)
-            if cap is None or not over:
+            if not over:
                 return None
+            if config.cap_retry_after_seconds is not None:
+                return config.cap_retry_after_seconds
             if cap <= 0:
                 return window
             # A request passes once at most cap-1 of the logged ones are younger than the window.
             return recent[len(recent) - cap] + window - now
+
+    def _over_bucket(self, kind: Kind, now: float, per_second: float) -> float | None:
+        """The leaky bucket: every request pours one in; over the brim it is answered 429."""
+        depth = max(1.0, per_second)  # one second of burst
+        wait = self.config.cap_retry_after_seconds
+        with self._lock:
+            level, then = self._bucket[kind]
+            level = max(0.0, level - (now - then) * per_second) if now > then else level
+            over = level + 1 > depth + 1e-9
+            self._bucket[kind] = (level + 1, max(now, then))
+        if not over:
+            return None
+        return BUCKET_RETRY_AFTER if wait is None else wait
 
     def draw_fault(self) -> tuple[str | None, float]:
         """Which random fault, if any, hits this request; and a uniform number for its details."""
