@@ -174,7 +174,10 @@ def test_heavy_s3_faults_never_stop_a_run_on_housekeeping(
         unnamed = bench.windows_not_done(list(plan(KINDS, START, end, timedelta(hours=6))))
         unnamed -= named
         assert not unnamed, bench.fail(f"not archived, not named: {sorted(unnamed)}", faulty)
-        assert proxy.seen("DELETE") > 0, "no journal clean-up was tried: the test lost its point"
+        # Housekeeping met the faults: the compaction's clean-up was tried, or the
+        # compaction itself was left for later (its snapshot write outlived the retries).
+        housekeeping = proxy.seen("DELETE") > 0 or "compaction left for later" in faulty.stderr
+        assert housekeeping, "no compaction was tried: the test lost its point"
         clean = bench.run("clean", *backfill_args(START, end), faults=False)
         assert 0 == clean.returncode, bench.fail("the run without faults did not exit 0", clean)
         bench.verify()
