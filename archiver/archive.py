@@ -99,6 +99,10 @@ class Archiver:
         self.spool = spool
         self.leases = leases
         self._per_group = group_rows(config.concurrency)  # rows per Parquet row group
+        # Windows fetching pages at once: `concurrency`. More workers than that (see
+        # pipeline.run_windows) claim, reconcile, upload and record windows outside these
+        # slots, so Graph's pacers stay busy while windows start and finish.
+        self._fetching = anyio.CapacityLimiter(config.concurrency)
 
     async def claim_and_archive(
         self,
@@ -164,7 +168,8 @@ class Archiver:
         stats = WindowStats()
         started_at = utcnow()
         metadata = self._metadata(window, started_at)
-        fetched, ids = await self._fetch(window, stats, metadata)
+        async with self._fetching:
+            fetched, ids = await self._fetch(window, stats, metadata)
         final = await self._reconcile(window, fetched, ids, metadata)
         if confirm is not None:
             try:

@@ -1,8 +1,10 @@
 """Running many windows: the destination, the workers, graceful stops, and `backfill`.
 
-One task group runs `concurrency` workers that take windows from one shared queue
-(archive.py does each window); the rate limiters and throttling pauses inside the
-Graph client are shared by all. SIGTERM/SIGINT stop the workers gracefully.
+One task group runs workers that take windows from one shared queue (archive.py does
+each window): `concurrency` of them fetch pages at a time, as many again claim,
+reconcile, upload and record theirs meanwhile, so the pacers never wait on the store.
+The rate limiters and throttling pauses inside the Graph client are shared by all.
+SIGTERM/SIGINT stop the workers gracefully.
 """
 
 from __future__ import annotations
@@ -40,6 +42,10 @@ from archiver.store import Store, StoreOptions, open_store
 from archiver.windows import Window, plan
 
 log = logging.getLogger(__name__)
+
+# Workers per window fetching at once: while `concurrency` windows fetch, as many again
+# may be starting (claim) or finishing (reconcile, upload, journal) off Graph's pacers.
+WORKERS_PER_FETCH = 2
 
 
 @dataclass
@@ -177,7 +183,7 @@ async def run_windows(
     on_done: Callable[[Record, RunResult], None] | None = None,
     wanted: Callable[[Window], bool] | None = None,
 ) -> None:
-    """Archive `windows` with `concurrency` workers until done or stopped; failures are
+    """Archive `windows` with twice `concurrency` workers until done or stopped; failures are
     recorded, StopRun re-raised.
 
     `wanted` tells, right before a window is claimed, whether it still needs archiving
@@ -208,7 +214,7 @@ async def run_windows(
 
     with shutdown.work():
         async with anyio.create_task_group() as group:
-            for _ in range(archiver.config.concurrency):
+            for _ in range(WORKERS_PER_FETCH * archiver.config.concurrency):
                 group.start_soon(worker, group.cancel_scope)
     result.stopped = shutdown.requested.is_set()
     if stop:

@@ -30,8 +30,12 @@ per minute. Each figure is the median of --runs runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import statistics
+import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -61,11 +65,38 @@ class Scenario:
     cap_window: float  # seconds CAP counts over
     days: int
     rows_per_day: int
+    store_delay: float | None = None  # seconds per S3 answer; None: a local folder
 
     @property
     def per_second(self) -> float:
         """The cap's rate."""
         return CAP / self.cap_window
+
+
+@contextlib.contextmanager
+def slow_s3(delay: float) -> Iterator[str]:
+    """A moto S3 server behind the tests' proxy holding every answer back `delay` seconds
+    (a store far away); yields the destination. AWS_* are set for the process."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    import boto3
+    from moto.server import ThreadedMotoServer
+    from s3_faults import S3FaultProxy
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="bench",
+        AWS_SECRET_ACCESS_KEY="bench",  # noqa: S106 - moto's, not a secret
+        AWS_DEFAULT_REGION="us-east-1",
+    )
+    boto3.client("s3", endpoint_url=f"http://{host}:{port}").create_bucket(Bucket="bench")
+    try:
+        with S3FaultProxy(f"http://{host}:{port}", delay=delay) as proxy:
+            os.environ["AWS_ENDPOINT_URL_S3"] = proxy.url
+            yield "s3://bench/archive"
+    finally:
+        server.stop()
 
 
 def one_run(scenario: Scenario) -> tuple[float, float]:
@@ -78,7 +109,12 @@ def one_run(scenario: Scenario) -> tuple[float, float]:
         rate_cap_window=scenario.cap_window,
         rate_cap_model=scenario.model,
     )
-    with Emulator(emulated) as emu, tempfile.TemporaryDirectory() as scratch:
+    with contextlib.ExitStack() as stack:
+        emu = stack.enter_context(Emulator(emulated))
+        scratch = stack.enter_context(tempfile.TemporaryDirectory())
+        destination = str(Path(scratch) / "archive")
+        if scenario.store_delay is not None:
+            destination = stack.enter_context(slow_s3(scenario.store_delay))
         config = load(
             {},
             {
@@ -88,7 +124,7 @@ def one_run(scenario: Scenario) -> tuple[float, float]:
                 "ARCHIVER_AUTHORITY_HOST": emu.url,
                 "ARCHIVER_GRAPH_URL": emu.url,
                 "ARCHIVER_CA_BUNDLE": str(emu.ca_file),
-                "ARCHIVER_DESTINATION": str(Path(scratch) / "archive"),
+                "ARCHIVER_DESTINATION": destination,
                 "ARCHIVER_CONCURRENCY": str(CONCURRENCY),
                 "ARCHIVER_REQUESTS_PER_MINUTE": str(scenario.per_second * 60 * scenario.told),
                 "ARCHIVER_TENANT_REQUESTS_PER_MINUTE": "1000000",
@@ -119,6 +155,12 @@ def main() -> None:
     parser.add_argument("--rows-per-day", type=int, default=None, help="per kind (1000)")
     parser.add_argument("--quick", action="store_true", help="small runs, for a smoke test")
     parser.add_argument(
+        "--store-delay",
+        type=float,
+        default=None,
+        help="into moto S3 behind a proxy holding each answer back this many seconds",
+    )
+    parser.add_argument(
         "--real", action="store_true", help="Graph's own 50 a minute, a few minutes per line"
     )
     args = parser.parse_args()
@@ -134,12 +176,17 @@ def main() -> None:
         f"latency {LATENCY * 1000:g} ms, {days} days x 2 kinds, {pages} pages of {PAGE_SIZE} rows "
         f"per function, "
         f"concurrency {CONCURRENCY}, median of {runs} runs"
+        + (
+            f", into S3 answering after {args.store_delay:g} s"
+            if args.store_delay is not None
+            else ", into a local folder"
+        )
     )
     print("| cap model | told | utilisation | answered 429 | runs (utilisation / 429) |")
     print("|---|---|---|---|---|")
     for model in models:
         for told in (float(f) for f in args.told.split(",")):
-            scenario = Scenario(model, told, cap_window, days, rows)
+            scenario = Scenario(model, told, cap_window, days, rows, args.store_delay)
             results = [one_run(scenario) for _ in range(runs)]
             utilisation = statistics.median(u for u, _ in results)
             throttled = statistics.median(t for _, t in results)

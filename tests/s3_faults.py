@@ -33,6 +33,7 @@ import select
 import socket
 import struct
 import threading
+import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -222,12 +223,15 @@ def _abort(sock: socket.socket) -> None:
 class S3FaultProxy:
     """The proxy: `url` to point clients at; `rates` (settable any time); counters."""
 
-    def __init__(self, upstream: str, rates: FaultRates | None = None, seed: int = 0) -> None:
+    def __init__(
+        self, upstream: str, rates: FaultRates | None = None, seed: int = 0, delay: float = 0.0
+    ) -> None:
         parts = urlsplit(upstream)
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"upstream must be http://host:port, not {upstream!r}")
         self.upstream = (parts.hostname, parts.port or 80)
         self.rates = rates or FaultRates()
+        self.delay = delay  # seconds every answer is held back: a store far away
         self.url = ""
         self._random = random.Random(seed)
         self._lock = threading.Lock()
@@ -379,6 +383,8 @@ class S3FaultProxy:
             _relay_request_body(request, reader, _Sink(None))
             client.sendall(self._error(fault, request, close=closing))
             return not closing
+        if self.delay:
+            time.sleep(self.delay)
         upstream = socket.create_connection(self.upstream, timeout=IO_TIMEOUT)
         sockets.append(upstream)
         try:
