@@ -25,73 +25,151 @@ stuck.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
-from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.exposition import generate_latest
-from prometheus_client.registry import Collector
 
 from archiver.errors import UsageError
 from archiver.kinds import Kind
+
+if TYPE_CHECKING:
+    from aiohttp import web
+    from prometheus_client.registry import CollectorRegistry
 
 WINDOW_STATES = ("done", "failed", "pending")
 _DAY = 86400.0
 
 
+class _Series:
+    """One labelled time series: a counter's or a gauge's value, kept in memory."""
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self._lock = lock
+        self._value = 0.0
+        self._function: Callable[[], float] | None = None
+        self.created = time.time()
+
+    def inc(self, amount: float = 1.0) -> None:
+        """Add `amount` (counters only count up)."""
+        if amount < 0:
+            raise ValueError("counters can only be incremented by non-negative amounts")
+        with self._lock:
+            self._value += amount
+
+    def set(self, value: float) -> None:
+        """Set a gauge."""
+        with self._lock:
+            self._value = float(value)
+            self._function = None
+
+    def set_function(self, function: Callable[[], float]) -> None:
+        """A gauge whose value is `function()` at each scrape."""
+        with self._lock:
+            self._function = function
+
+    def get(self) -> float:
+        """The value now."""
+        function = self._function
+        return float(function()) if function is not None else self._value
+
+
+class _Family:
+    """A metric and its series by label values (what prometheus_client's Counter and Gauge
+    are to the archiver: `labels(...)` then `inc`/`set`/`set_function`)."""
+
+    def __init__(self, name: str, documentation: str, labelnames: list[str], kind: str) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self.kind = kind  # "counter" | "gauge"
+        self._lock = threading.Lock()
+        self._series: dict[tuple[str, ...], _Series] = {}
+
+    def labels(self, *values: str, **named: str) -> _Series:
+        """The series of these label values (created at zero on first use)."""
+        if named:
+            if values or set(named) != set(self.labelnames):
+                raise ValueError(f"{self.name}: labels are {self.labelnames}")
+            values = tuple(named[label] for label in self.labelnames)
+        elif len(values) != len(self.labelnames):
+            raise ValueError(f"{self.name}: labels are {self.labelnames}")
+        key = tuple(str(value) for value in values)
+        with self._lock:
+            series = self._series.get(key)
+            if series is None:
+                series = self._series[key] = _Series(self._lock)
+            return series
+
+    def samples(self) -> list[tuple[tuple[str, ...], _Series]]:
+        """Every series, in the order they were created."""
+        with self._lock:
+            return list(self._series.items())
+
+
 class Metrics:
-    """The archiver's metrics in a registry of their own."""
+    """The archiver's metrics, its own (two Metrics never share counts).
+
+    Kept in memory: prometheus_client is imported only to render them for a scrape, so a
+    run without a metrics port never loads it.
+    """
 
     def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
-        self.registry = CollectorRegistry()
-        registry = self.registry
         kind = ["kind"]
-        self.rows = Counter("archiver_rows", "Rows archived.", kind, registry=registry)
-        self.pages = Counter("archiver_pages", "Graph pages fetched.", kind, registry=registry)
-        self.requests = Counter(
+        self.rows = _Family("archiver_rows", "Rows archived.", kind, "counter")
+        self.pages = _Family("archiver_pages", "Graph pages fetched.", kind, "counter")
+        self.requests = _Family(
             "archiver_graph_requests",
             'Graph requests by HTTP status ("error": no response arrived).',
             ["kind", "status"],
-            registry=registry,
+            "counter",
         )
-        self.throttled = Counter(
-            "archiver_throttled", "Graph answers 429 (throttled).", kind, registry=registry
+        self.throttled = _Family(
+            "archiver_throttled", "Graph answers 429 (throttled).", kind, "counter"
         )
-        self.retries = Counter(
-            "archiver_retries", "Graph requests sent again.", kind, registry=registry
-        )
-        self.windows = Gauge(
+        self.retries = _Family("archiver_retries", "Graph requests sent again.", kind, "counter")
+        self.windows = _Family(
             "archiver_windows",
             "Windows by state (done, failed, pending).",
             ["kind", "state"],
-            registry=registry,
+            "gauge",
         )
-        self.newest_window_end = Gauge(
+        self.newest_window_end = _Family(
             "archiver_newest_window_end_timestamp_seconds",
             "End of the newest archived window (Unix time).",
             kind,
-            registry=registry,
+            "gauge",
         )
-        self.last_success = Gauge(
+        self.last_success = _Family(
             "archiver_last_success_timestamp_seconds",
             "When a window was last archived (Unix time).",
             kind,
-            registry=registry,
+            "gauge",
         )
-        self.retention_margin = Gauge(
+        self.retention_margin = _Family(
             "archiver_retention_margin_days",
             "Days until Microsoft's retention drops the oldest window not yet archived.",
             kind,
-            registry=registry,
+            "gauge",
         )
-        registry.register(_WindowAge(self.newest_window_end, clock))
+        self._families = (
+            self.rows,
+            self.pages,
+            self.requests,
+            self.throttled,
+            self.retries,
+            self.windows,
+            self.newest_window_end,
+            self.last_success,
+            self.retention_margin,
+        )
+        self._registry: CollectorRegistry | None = None
         for k in Kind:  # counters exist at 0 from the start, so rate() and alerts see them
             for counter in (self.rows, self.pages, self.throttled, self.retries):
                 counter.labels(kind=k.value)
@@ -113,28 +191,53 @@ class Metrics:
 
     def render(self) -> tuple[bytes, str]:
         """The Prometheus text exposition of every metric, and its content type."""
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
+        from prometheus_client.exposition import generate_latest
 
+        if self._registry is None:
+            registry = CollectorRegistry()
+            registry.register(_Collector(self))
+            self._registry = registry
+        return generate_latest(self._registry), CONTENT_TYPE_LATEST
 
-class _WindowAge(Collector):
-    """archiver_newest_window_age_seconds{kind}: scrape time minus the newest window's end."""
+    def collect(self) -> Iterator[Any]:
+        """The metric families as prometheus_client renders them (for its registry)."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-    def __init__(self, newest_end: Gauge, clock: Callable[[], float]) -> None:
-        self._newest_end = newest_end
-        self._clock = clock
-
-    def collect(self) -> Iterator[Metric]:
-        """One sample per kind whose newest window end is known."""
-        family = GaugeMetricFamily(
+        for family in self._families:
+            if family.kind == "counter":
+                counter = CounterMetricFamily(
+                    family.name, family.documentation, labels=family.labelnames
+                )
+                for labels, series in family.samples():
+                    counter.add_metric(labels, series.get(), created=series.created)
+                yield counter
+            else:
+                gauge = GaugeMetricFamily(
+                    family.name, family.documentation, labels=family.labelnames
+                )
+                for labels, series in family.samples():
+                    gauge.add_metric(labels, series.get())
+                yield gauge
+        age = GaugeMetricFamily(
             "archiver_newest_window_age_seconds",
             "Seconds since the end of the newest archived window.",
             labels=["kind"],
         )
         now = self._clock()
-        for metric in self._newest_end.collect():
-            for sample in metric.samples:
-                family.add_metric([sample.labels["kind"]], now - sample.value)
-        yield family
+        for labels, series in self.newest_window_end.samples():
+            age.add_metric(list(labels), now - series.get())
+        yield age
+
+
+class _Collector:
+    """A prometheus_client collector over one Metrics."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Any]:
+        return self._metrics.collect()
 
 
 async def serve_metrics(
@@ -151,6 +254,7 @@ async def serve_metrics(
     is true, else 503. Reports the port it listens on through `task_status` (so port 0
     works); raises UsageError when it cannot listen there.
     """
+    from aiohttp import web  # the server only: a run without a metrics port never loads it
 
     async def scrape(request: web.Request) -> web.Response:
         body, content_type = metrics.render()

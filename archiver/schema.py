@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import functools
 import itertools
 import json
 import math
@@ -180,7 +181,8 @@ class _Spec:
     """What the converters need to know about one kind, worked out once."""
 
     schema: pa.Schema
-    known: frozenset[str]  # Graph properties with a column of their own
+    names: tuple[str, ...]  # Graph properties with a column of their own, in schema order
+    known: frozenset[str]  # the same, as a set
     raw: pa.StructType  # as Graph sends them: timestamps text, money float64
     timestamps: tuple[str, ...]
     ints: tuple[str, ...]
@@ -199,6 +201,7 @@ def _spec(kind: Kind) -> _Spec:
 
     return _Spec(
         schema=schema,
+        names=tuple(f.name for f in graph),
         known=frozenset(f.name for f in graph),
         raw=pa.struct([(f.name, raw_types.get(f.type, f.type)) for f in graph]),
         timestamps=named(TIMESTAMP),
@@ -224,26 +227,36 @@ def _fast(kind: Kind, rows: Sequence[dict[str, Any]]) -> pa.RecordBatch:
     spec = _SPECS[kind]
     if not set(map(type, rows)) <= {dict}:
         raise _Unclean("a row is not a JSON object")
+    present, values, additional = _values(spec, rows)
+    where = {name: i for i, name in enumerate(present)}
     # Arrow would silently truncate 1.5 to 1 in an int column and take True as 1.0 money.
     for names, allowed in ((spec.ints, {int, _NONE}), (spec.money, {int, float, _NONE})):
         for name in names:
-            if not set(map(type, map(dict.get, rows, itertools.repeat(name)))) <= allowed:
-                raise _Unclean(f"{name} holds a value of an unexpected type")
+            if name in where:
+                column = map(operator.itemgetter(where[name]), values)
+                if not set(map(type, column)) <= allowed:
+                    raise _Unclean(f"{name} holds a value of an unexpected type")
     for name in spec.units:
-        _check_units(list(map(dict.get, rows, itertools.repeat(name))))
+        if name in where:
+            _check_units(list(map(operator.itemgetter(where[name]), values)))
 
+    count = len(rows)
     try:
-        raw = pa.array(rows, type=spec.raw)  # ignores the keys the struct does not name
+        raw = pa.array(values, type=_struct_of(spec, present))
     except OverflowError as exc:  # an integer beyond int64: Arrow lets Python's error through
         raise _Unclean("an integer is out of range") from exc
-    ids = raw.field("id")
-    if ids.null_count or pc.any(pc.equal(pc.utf8_length(ids), 0)).as_py():
-        raise _Unclean("a row has no usable id")
+    if count:
+        ids = raw.field("id") if "id" in where else None
+        if ids is None or ids.null_count or pc.min(pc.binary_length(ids)).as_py() == 0:
+            raise _Unclean("a row has no usable id")
 
     columns = []
     for field in spec.schema:
         if field.name == ADDITIONAL_DATA:
-            columns.append(_fast_additional(spec.known, rows))
+            columns.append(pa.nulls(count, STRING) if additional is None else additional)
+            continue
+        if field.name not in where:  # no row has it
+            columns.append(pa.nulls(count, field.type))
             continue
         column = raw.field(field.name)
         if field.type == TIMESTAMP:
@@ -257,7 +270,59 @@ def _fast(kind: Kind, rows: Sequence[dict[str, Any]]) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(columns, schema=spec.schema)
 
 
-def _check_units(values: list[Any]) -> None:
+def _values(
+    spec: _Spec, rows: Sequence[dict[str, Any]]
+) -> tuple[tuple[str, ...], list[tuple[Any, ...]], pa.Array | None]:
+    """The declared properties some row has (in schema order), each row's values of them,
+    and the `additionalData` column (None: no row has an unknown property).
+
+    Graph writes every row of a page with the same keys: the declared ones the first row
+    has are taken from every row in one C call per row (with the first row's own key
+    objects, which orjson shares between rows: a lookup then compares no text), and only
+    rows with more keys than that are looked at one by one. When a row lacks one of them,
+    or holds a declared property the first row lacks, every declared property is looked
+    up in every row instead.
+    """
+    if not rows:
+        return (), [], None
+    keys = {key: key for key in rows[0]}
+    present = tuple(keys[name] for name in spec.names if name in keys)
+    width = len(present)
+    if not width:
+        return _every_value(spec, rows)
+    take = operator.itemgetter(*present)
+    try:
+        values = list(map(take, rows)) if width > 1 else [(v,) for v in map(take, rows)]
+    except KeyError:
+        return _every_value(spec, rows)
+    if set(map(len, rows)) == {width}:
+        return present, values, None
+    texts: list[str | None] = [None] * len(rows)
+    for i, size in enumerate(map(len, rows)):
+        if size != width:
+            row = rows[i]
+            unknown = [k for k in row if k not in spec.known]
+            if size - len(unknown) != width:  # a declared property the first row lacks
+                return _every_value(spec, rows)
+            texts[i] = _to_json({k: row[k] for k in unknown})
+    return present, values, pa.array(texts, STRING)
+
+
+def _every_value(
+    spec: _Spec, rows: Sequence[dict[str, Any]]
+) -> tuple[tuple[str, ...], list[tuple[Any, ...]], pa.Array | None]:
+    """`_values` for rows whose keys differ: every declared property of every row."""
+    columns = [map(dict.get, rows, itertools.repeat(name)) for name in spec.names]
+    return spec.names, list(zip(*columns, strict=True)), _fast_additional(spec.known, rows)
+
+
+@functools.lru_cache(maxsize=64)
+def _struct_of(spec: _Spec, names: tuple[str, ...]) -> pa.StructType:
+    """The raw struct of these declared properties (a row's values, in this order)."""
+    return pa.struct([spec.raw.field(name) for name in names])
+
+
+def _check_units(values: Sequence[Any]) -> None:
     """Raise _Unclean unless every value is null or a list of nulls and exactly-{id} objects."""
     if not set(map(type, values)) <= {list, _NONE}:
         raise _Unclean("administrativeUnitInfos is not a list")

@@ -325,9 +325,7 @@ async def verify(store: Store, manifest: Manifest, concurrency: int = CONCURRENC
             again = [
                 newer
                 for r in suspects
-                if (newer := fresh.records.get(r.id)) is not None
-                and newer != r
-                and newer.done
+                if (newer := fresh.records.get(r.id)) is not None and newer != r and newer.done
             ]
             if again:
                 results.update(await _check_all(store, again, scratch, concurrency, len(again)))

@@ -1,6 +1,11 @@
 """Performance of the archiver: CPU per row, end-to-end speed, concurrency, memory, hotspots.
 
     .venv/bin/python bench/perf.py [--quick] [--runs N] [--no-profile]
+    .venv/bin/python bench/perf.py --whole [--runs N] [--stages] [--dlt-python PY] ...
+
+`--whole` (bench/whole.py) measures whole processes instead: the archiver, the typical
+script and, where installed, dlt and the Graph SDK, on beta rows of full width, each as
+its own process (wall, CPU, peak RSS), interleaved, in one run; see bench/whole.py.
 
 Every Graph server is `python -m archiver.emulator` in its own process (so it does not
 compete with the archiver for the GIL), listening on 127.0.0.1; the moto S3 server runs
@@ -207,15 +212,18 @@ with open(sys.argv[1], "w") as report:
 """
 
 
-def run_child(cmd: list[str], env: dict[str, str], scratch: Path) -> Child:
-    """Run `cmd` (absolute program path) through the launcher; its own wall, CPU, peak RSS."""
+def run_child(cmd: list[str], env: dict[str, str], scratch: Path, cwd: Path = ROOT) -> Child:
+    """Run `cmd` (absolute program path) through the launcher; its own wall, CPU, peak RSS.
+
+    `python -m` puts `cwd` first on sys.path: a copy of the package is measured from its
+    own folder (PYTHONPATH alone would lose to the archiver/ in ROOT)."""
     tag = uuid.uuid4().hex[:8]
     out_path, err_path = scratch / f"{tag}.out", scratch / f"{tag}.err"
     usage_path = scratch / f"{tag}.usage"
     with out_path.open("w") as out, err_path.open("w") as err:
         subprocess.run(
             [PY, "-c", _LAUNCHER, str(usage_path), *cmd],
-            cwd=ROOT,
+            cwd=cwd,
             env=env,
             stdout=out,
             stderr=err,
@@ -1017,6 +1025,11 @@ def report(
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == CHILD_FLAG:
         return child_backfill(sys.argv[2:])
+    if len(sys.argv) > 1 and sys.argv[1] == "--whole":
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import whole  # bench/whole.py: whole processes beside the typical script
+
+        return whole.main(sys.argv[2:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, one run: a smoke run")
     parser.add_argument("--runs", type=int, help="runs per end-to-end figure (default 3)")
