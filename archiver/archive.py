@@ -57,7 +57,7 @@ def select_rows(kind: Kind, rows: list[dict[str, Any]], window: Window) -> pa.Re
     batch = rows_to_batch(kind, rows)
     if not batch.num_rows:
         return batch
-    start = batch.column("startDateTime")
+    start = batch.column(window.kind.time_column)
     unit = start.type
     inside = pc.and_(
         pc.greater_equal(start, pa.scalar(window.start, unit)),
@@ -190,7 +190,7 @@ class Archiver:
             sha256=final.file.sha256,
             checksum_sha256=info.checksum_sha256,
             pages=stats.pages,
-            graph_version=self.config.graph_version,
+            graph_version=window.kind.version_for(self.config.graph_version),
             archiver_version=__version__,
             started_at=started_at,
         )
@@ -223,7 +223,7 @@ class Archiver:
             "window_start": format_instant(window.start),
             "window_end": format_instant(window.end),
             "graph_url": self.config.graph_url,
-            "graph_version": self.config.graph_version,
+            "graph_version": window.kind.version_for(self.config.graph_version),
             "fetched_at": format_time(started_at),
         }
 
@@ -241,7 +241,7 @@ class Archiver:
         writer = await anyio.to_thread.run_sync(
             WindowWriter, path, schema, metadata, self._per_group
         )
-        ids = Ids()
+        ids = Ids(window.kind.key)
         try:
             await self._fetch_and_write(window, stats, writer, ids)
             fetched: WrittenFile = await anyio.to_thread.run_sync(writer.close)
@@ -295,6 +295,7 @@ class Archiver:
                 schema_for(window.kind),
                 metadata,
                 self._per_group,
+                window.kind.key,
             )
         except BaseException:
             fetched.path.unlink(missing_ok=True)

@@ -76,9 +76,10 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     if end <= start:
         raise UsageError(f"--end {args.end} is not after --start {args.start}")
     try:
-        kinds = list(dict.fromkeys(Kind.parse(k) for k in args.kind or [k.value for k in Kind]))
+        kinds = list(dict.fromkeys(Kind.parse(k) for k in args.kind)) if args.kind else None
     except ValueError as exc:
         raise UsageError(f"--kind: {exc}") from None
+    kinds = kinds or list(config.kinds)
     config.require_credentials()
     progress = Progress()
     try:
@@ -182,7 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--kind",
         action="append",
         metavar="KIND",
-        help="pstn or direct_routing; repeatable; default both",
+        help=(
+            "pstn, direct_routing, sms or pstn_blocked_users; repeatable; default: the "
+            "`kinds` setting (pstn and direct_routing)"
+        ),
     )
     _config_flags(backfill_cmd, "start")
     backfill_cmd.set_defaults(handler=cmd_backfill)

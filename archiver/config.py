@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from archiver.errors import UsageError
+from archiver.kinds import DEFAULT_KINDS, Kind
 from archiver.windows import parse_duration, parse_instant, parse_window
 
 CLOUDS: dict[str, tuple[str, str]] = {
@@ -45,6 +46,7 @@ class Config:
     authority_host: str = CLOUDS["global"][0]
     graph_url: str = CLOUDS["global"][1]
     graph_version: str = "v1.0"
+    kinds: tuple[Kind, ...] = DEFAULT_KINDS  # what `run` keeps current, `backfill` archives
     destination: str = "./archive"
     window: timedelta = timedelta(days=1)
     concurrency: int = 8
@@ -95,6 +97,18 @@ def _choice(*allowed: str) -> Callable[[Any], str]:
         return text
 
     return parse
+
+
+def _kinds(value: Any) -> tuple[Kind, ...]:
+    """Kinds as a comma-separated text or a TOML list, each once, in the order given."""
+    items = value if isinstance(value, list) else _text(value).split(",")
+    if not all(isinstance(item, str) for item in items):
+        raise ValueError(f"{value!r} is not a list of kind names")
+    names = [item.strip() for item in items]
+    kinds = tuple(dict.fromkeys(Kind.parse(name) for name in names if name))
+    if not kinds:
+        raise ValueError("names no kind")
+    return kinds
 
 
 def _optional_choice(*allowed: str) -> Callable[[Any], str | None]:
@@ -198,6 +212,7 @@ PARSERS: dict[str, Callable[[Any], Any]] = {
     "authority_host": _url,
     "graph_url": _url,
     "graph_version": _choice("v1.0", "beta"),
+    "kinds": _kinds,
     "destination": _text,
     "window": _window,
     "concurrency": _positive(int),

@@ -63,10 +63,12 @@ class Round:
         cutoff = retention_cutoff(kind, self.now)
         due: list[Window] = []
         lost: list[Window] = []
+        written_off = kind.log.retention_documented  # else: asked for, whatever its age
         for window in plan([kind], self.first_window(kind), settled, self.config.window):
             if window.end > settled or self.manifest.is_done(window):
                 continue
-            (lost if window.end <= cutoff else due).append(window)  # partly served: take it
+            past = written_off and window.end <= cutoff  # partly served: take it
+            (lost if past else due).append(window)
         return due, lost
 
     def resweep(self, kind: Kind) -> list[Window]:
@@ -135,7 +137,7 @@ def plan_round(now: Round, reported: set[Window], metrics: Metrics) -> list[Wind
     """What a round archives, oldest first; logs windows lost to retention (once each)
     and a backlog close to retention (every round), and sets the retention margins."""
     windows: list[Window] = []
-    for kind in Kind:
+    for kind in now.config.kinds:
         due, lost = now.due(kind)
         fresh = [w for w in lost if w not in reported]
         if fresh:
@@ -153,11 +155,14 @@ def plan_round(now: Round, reported: set[Window], metrics: Metrics) -> list[Wind
             margin = due[0].start - retention_cutoff(kind, now.now)
             if margin < RETENTION_WARNING:
                 log.warning(
-                    "%s backlog: the oldest window not yet archived (%s) is %.1f days from "
-                    "Microsoft's retention cut-off",
+                    "%s backlog: the oldest window not yet archived (%s) is %.1f days from %s",
                     kind.value,
                     format_instant(due[0].start),
                     margin / timedelta(days=1),
+                    "Microsoft's retention cut-off"
+                    if kind.log.retention_documented
+                    else f"the {kind.retention_days}-day retention assumed for it "
+                    "(Microsoft documents none)",
                 )
         metrics.set_oldest_pending(kind, due[0].start if due else None)
         windows += due

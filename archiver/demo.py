@@ -40,14 +40,16 @@ def run_demo(directory: str) -> int:
             tenant_requests_per_minute=12000,
         )
         print(f"Graph emulator listening on {emulator.url}")
-        print(f"archiving {start:%Y-%m-%d} .. {end:%Y-%m-%d} (both kinds) into {directory}")
-        result = anyio.run(backfill, config, list(Kind), start, end)
+        names = ", ".join(k.value for k in config.kinds)
+        print(f"archiving {start:%Y-%m-%d} .. {end:%Y-%m-%d} ({names}) into {directory}")
+        result = anyio.run(backfill, config, list(config.kinds), start, end)
     summary = anyio.run(_summary, config)
     print(
         f"\narchived {len(result.archived)} windows ({result.rows:,} rows, "
         f"{result.requests} Graph requests); {result.already} were already archived"
     )
-    for kind, s in summary.items():
+    for kind in config.kinds:
+        s = summary[kind]
         print(f"  {kind.value:15} {s.done:>3} windows {s.rows:>9,} rows {s.bytes:>11,} bytes")
     root = Path(directory)
     print(f"\nfiles: {root}/<kind>/date=YYYY-MM-DD/<window-start>.parquet")

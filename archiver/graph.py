@@ -102,9 +102,11 @@ class WindowStats:
 
 
 def first_url(config: Config, window: Window) -> str:
-    """The function call for a window; PSTN's inclusive end still asks for the window end."""
+    """The function call for a window, from the Graph version that serves its log (the
+    beta-only logs always from beta); an inclusive end still asks for the window end."""
     return (
-        f"{config.graph_url}/{config.graph_version}/communications/callRecords/"
+        f"{config.graph_url}/{window.kind.version_for(config.graph_version)}"
+        "/communications/callRecords/"
         f"{window.kind.function}(fromDateTime={format_instant(window.start)},"
         f"toDateTime={format_instant(window.end)})"
     )

@@ -1,4 +1,6 @@
-"""A window's rows made unique by id, once its pages are written, in bounded memory.
+"""A window's rows made unique by their key, once its pages are written, in bounded memory.
+
+A row's key is its `id` (the blocked-users log's `remediationId`); "id" below means it.
 
 Paging over live data can repeat a row, and a re-archive must keep the rows of the
 object already archived that this fetch did not return. Both are settled here, after
@@ -23,7 +25,7 @@ import pyarrow.parquet as pq
 
 from archiver.parquet import ROW_GROUP_ROWS, WindowWriter, WrittenFile
 
-ID = "id"
+ID = "id"  # the key column, unless the kind names another
 BATCH_ROWS = 65_536  # rows per batch when a file is copied
 WHOLE = 65_536  # up to this many ids are examined in one group
 
@@ -81,13 +83,13 @@ def compact(ids: pa.Array) -> pa.Array:
     return pa.array([_compact_one(text) for text in ids.to_pylist()], pa.binary())
 
 
-def read_ids(path: Path) -> pa.ChunkedArray:
-    """The compacted `id` column of a Parquet file, row group by row group (reading the
+def read_ids(path: Path, key: str = ID) -> pa.ChunkedArray:
+    """The compacted `key` column of a Parquet file, row group by row group (reading the
     whole column at once takes a few times its size)."""
     chunks: list[pa.Array] = []
     with pq.ParquetFile(path) as file:
         for group in range(file.num_row_groups):
-            column = file.read_row_group(group, columns=[ID], use_threads=False).column(ID)
+            column = file.read_row_group(group, columns=[key], use_threads=False).column(key)
             chunks.extend(compact(chunk) for chunk in column.chunks)
     return pa.chunked_array(chunks, pa.binary())
 
@@ -101,14 +103,15 @@ class Ids:
 
     GATHER = 64  # small arrays are combined in groups of this many
 
-    def __init__(self) -> None:
+    def __init__(self, key: str = ID) -> None:
+        self.key = key  # the key column
         self._chunks: list[pa.Array] = []
         self._recent: list[pa.Array] = []
 
     def add(self, batch: pa.RecordBatch) -> None:
         """Note the ids of a batch just written."""
         if batch.num_rows:
-            self._recent.append(compact(batch.column(ID)))
+            self._recent.append(compact(batch.column(self.key)))
             if len(self._recent) >= self.GATHER:
                 self._gather()
 
@@ -238,8 +241,10 @@ def reconcile(
     schema: pa.Schema,
     metadata: dict[str, str],
     group_rows: int = ROW_GROUP_ROWS,
+    key: str = ID,
 ) -> Reconciled:
-    """Make `fetched` (whose rows have `ids`) the window's final file: each id once (its
+    """Make `fetched` (whose rows have `ids`, of column `key`) the window's final file:
+    each id once (its
     first copy), then the rows of `previous` (the object already archived, if any) whose
     id this fetch lacks.
 
@@ -248,7 +253,7 @@ def reconcile(
     Blocking: run it in a worker thread.
     """
     repeated = repeated_rows(ids)
-    unseen = rows_not_in(ids, read_ids(previous)) if previous is not None else _concat([])
+    unseen = rows_not_in(ids, read_ids(previous, key)) if previous is not None else _concat([])
     if previous is None or not len(unseen):
         previous = None
         if not len(repeated):

@@ -1,8 +1,8 @@
-"""The declared Arrow schemas of the two call-log row types, and Graph rows to record batches.
+"""The Arrow schema of each log's rows, and Graph rows to record batches.
 
-Each kind has one schema, the union of Graph's v1.0 and beta properties (v1.0 first, in
-DESIGN.md's order, then beta, then `additionalData`), so one table serves both versions.
-The schema is declared here, never inferred from a page.
+Each kind has one schema, made from its declaration in `kinds.py`: the union of Graph's
+v1.0 and beta properties (v1.0 first, then beta, then `additionalData`), so one table
+serves both versions. It is declared, never inferred from a page.
 
 `rows_to_batch` converts one page of rows, as `json.loads` gives them, in two ways:
 
@@ -32,6 +32,7 @@ from typing import Any, Final
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from archiver import kinds
 from archiver.errors import WindowError
 from archiver.kinds import Kind
 
@@ -43,54 +44,22 @@ BOOL: Final = pa.bool_()
 ADMIN_UNITS: Final = pa.list_(pa.struct([("id", STRING)]))
 ADDITIONAL_DATA: Final = "additionalData"
 
-_V1: Final[dict[Kind, tuple[str, ...]]] = {
-    Kind.PSTN: (
-        "id", "callId", "userId", "userPrincipalName", "userDisplayName",
-        "startDateTime", "endDateTime", "duration", "charge", "connectionCharge",
-        "callType", "currency", "calleeNumber", "callerNumber", "usageCountryCode",
-        "tenantCountryCode", "destinationContext", "destinationName", "conferenceId",
-        "licenseCapability", "inventoryType", "operator", "callDurationSource",
-    ),
-    Kind.DIRECT_ROUTING: (
-        "id", "correlationId", "userId", "userPrincipalName", "userDisplayName",
-        "startDateTime", "endDateTime", "inviteDateTime", "failureDateTime", "duration",
-        "callType", "successfulCall", "callerNumber", "calleeNumber", "mediaPathLocation",
-        "signalingLocation", "finalSipCode", "callEndSubReason", "finalSipCodePhrase",
-        "trunkFullyQualifiedDomainName", "mediaBypassEnabled",
-    ),
-}  # fmt: skip
-_BETA: Final[dict[Kind, tuple[str, ...]]] = {
-    Kind.PSTN: (
-        "otherPartyCountryCode", "administrativeUnitInfos", "clientPublicIpV4Address",
-        "clientPublicIpV6Address", "clientLocalIpV4Address", "clientLocalIpV6Address",
-    ),
-    Kind.DIRECT_ROUTING: (
-        "userCountryCode", "otherPartyCountryCode", "transferorCorrelationId",
-        "administrativeUnitInfos",
-    ),
-}  # fmt: skip
-# Every property not named here is a string.
-_TYPES: Final[dict[str, pa.DataType]] = {
-    "startDateTime": TIMESTAMP,
-    "endDateTime": TIMESTAMP,
-    "inviteDateTime": TIMESTAMP,
-    "failureDateTime": TIMESTAMP,
-    "duration": INT,
-    "finalSipCode": INT,
-    "callEndSubReason": INT,
-    "charge": MONEY,
-    "connectionCharge": MONEY,
-    "successfulCall": BOOL,
-    "mediaBypassEnabled": BOOL,
-    "administrativeUnitInfos": ADMIN_UNITS,
+# Each declared column type (archiver.kinds names them) as Arrow stores it.
+ARROW_TYPES: Final[dict[str, pa.DataType]] = {
+    kinds.STRING: STRING,
+    kinds.TIMESTAMP: TIMESTAMP,
+    kinds.INT: INT,
+    kinds.MONEY: MONEY,
+    kinds.BOOL: BOOL,
+    kinds.UNITS: ADMIN_UNITS,
 }
 
 
 def _declare(kind: Kind) -> pa.Schema:
-    """The declared schema of `kind`: v1.0 properties, beta properties, `additionalData`."""
+    """The declared schema of `kind`: v1.0 properties, beta properties, `additionalData`;
+    only the row key is never null."""
     fields = [
-        pa.field(name, _TYPES.get(name, STRING), nullable=name != "id")
-        for name in _V1[kind] + _BETA[kind]
+        pa.field(c.name, ARROW_TYPES[c.type], nullable=c.name != kind.key) for c in kind.log.columns
     ]
     return pa.schema([*fields, pa.field(ADDITIONAL_DATA, STRING)])
 
@@ -99,9 +68,8 @@ SCHEMAS: Final[dict[Kind, pa.Schema]] = {kind: _declare(kind) for kind in Kind}
 
 # Columns whose values differ from row to row: a Parquet dictionary for them is built
 # only to be abandoned (25 % of the write time) and makes the file larger, not smaller.
-UNIQUE_PER_ROW: Final = frozenset(
-    {"id", "callId", "correlationId", "transferorCorrelationId", ADDITIONAL_DATA}
-    | {name for name, type_ in _TYPES.items() if type_ == TIMESTAMP}
+UNIQUE_PER_ROW: Final = frozenset({ADDITIONAL_DATA}).union(
+    *(kind.log.unique_columns for kind in Kind)
 )
 
 
@@ -113,7 +81,8 @@ def schema_for(kind: Kind) -> pa.Schema:
 def rows_to_batch(kind: Kind, rows: Sequence[dict[str, Any]]) -> pa.RecordBatch:
     """One page of Graph rows (as `json.loads` gives them) as a batch of `schema_for(kind)`.
 
-    Raises WindowError when a row is not a JSON object or has no usable `id`.
+    Raises WindowError when a row is not a JSON object or has no usable key (`id`, or the
+    kind's own key).
     """
     try:
         return _fast(kind, rows)
@@ -163,16 +132,18 @@ _to_json: Final[Callable[[Any], str]] = json.JSONEncoder(
 ).encode
 
 
-def _id_problem(kind: Kind, index: int, row: object) -> str | None:
-    """Why row `index` cannot be archived, or None when it is a JSON object with an id."""
+def _key_problem(kind: Kind, index: int, row: object) -> str | None:
+    """Why row `index` cannot be archived, or None when it is a JSON object with its key
+    (`id`; `remediationId` for the blocked-users log)."""
+    key = kind.key
     if not isinstance(row, dict):
         return f"{kind.value} row {index} is not a JSON object but {type(row).__name__}"
-    if "id" not in row:
-        return f"{kind.value} row {index} has no 'id' property; every row needs its id"
-    value = row["id"]
+    if key not in row:
+        return f"{kind.value} row {index} has no {key!r} property; every row needs its {key}"
+    value = row[key]
     if not isinstance(value, str) or not value:
         shown = repr(value)[:80]
-        return f"{kind.value} row {index} has 'id' {shown}: expected a non-empty string"
+        return f"{kind.value} row {index} has {key!r} {shown}: expected a non-empty string"
     return None
 
 
@@ -246,9 +217,9 @@ def _fast(kind: Kind, rows: Sequence[dict[str, Any]]) -> pa.RecordBatch:
     except OverflowError as exc:  # an integer beyond int64: Arrow lets Python's error through
         raise _Unclean("an integer is out of range") from exc
     if count:
-        ids = raw.field("id") if "id" in where else None
-        if ids is None or ids.null_count or pc.min(pc.binary_length(ids)).as_py() == 0:
-            raise _Unclean("a row has no usable id")
+        keys = raw.field(kind.key) if kind.key in where else None
+        if keys is None or keys.null_count or pc.min(pc.binary_length(keys)).as_py() == 0:
+            raise _Unclean("a row has no usable key")
 
     columns = []
     for field in spec.schema:
@@ -465,7 +436,7 @@ def _careful(kind: Kind, rows: Sequence[dict[str, Any]]) -> pa.RecordBatch:
     values: list[list[Any]] = [[] for _ in fields]
     additional: list[str | None] = []
     for index, row in enumerate(rows):
-        problem = _id_problem(kind, index, row)
+        problem = _key_problem(kind, index, row)
         if problem is not None:
             raise WindowError(problem)
         kept = {k: v for k, v in row.items() if k not in spec.known}

@@ -2,7 +2,8 @@
 
 For each window the manifest lists as done: the object exists, its SHA-256 and size
 are the recorded ones, its Parquet footer counts the recorded rows, and every
-non-null `startDateTime` lies in [window start, window end) (from the column
+non-null value of its kind's time column (`startDateTime`, `sentDateTime`, …) lies in
+[window start, window end) (from the column
 statistics, or from the column itself where a row group has none). Parquet objects
 under the layout that the manifest does not know are strays.
 
@@ -45,7 +46,6 @@ from archiver.store import Store
 log = logging.getLogger(__name__)
 
 CONCURRENCY = 8  # objects checked at once, unless the caller says otherwise
-COLUMN = "startDateTime"  # the column a window's bounds apply to
 LAYOUT_PREFIXES = tuple(f"{kind.value}/" for kind in Kind)
 PROGRESS_EVERY = 1000  # log a progress line after this many objects
 CAUSE_LENGTH = 200  # an UNREADABLE/ERROR cause is cut to this many characters
@@ -63,7 +63,7 @@ UNREADABLE_ERRORS: tuple[type[Exception], ...] = (
 # The child process that reads a suspect file: prints probe()'s JSON.
 _CHILD = (
     "import sys; from pathlib import Path; from archiver.verify import probe; "
-    "print(probe(Path(sys.argv[1])))"
+    "print(probe(Path(sys.argv[1]), sys.argv[2]))"
 )
 
 
@@ -116,24 +116,25 @@ def done_records(manifest: Manifest) -> list[Record]:
     return sorted(done, key=record_key)
 
 
-def start_range(path: Path) -> tuple[int, datetime | None, datetime | None]:
-    """A Parquet file's row count and the min and max of its non-null `startDateTime`.
+def start_range(path: Path, column: str) -> tuple[int, datetime | None, datetime | None]:
+    """A Parquet file's row count and the min and max of its non-null `column` (the
+    kind's time column, which a window's bounds apply to).
 
     Row groups with min/max statistics are not read; the others are. Raises one of
     UNREADABLE_ERRORS when the file cannot be read or has no timestamp column.
     """
     with pq.ParquetFile(path) as file:
         meta = file.metadata
-        position = file.schema_arrow.get_field_index(COLUMN)
+        position = file.schema_arrow.get_field_index(column)
         if position < 0:
-            raise ValueError(f"no {COLUMN} column")
+            raise ValueError(f"no {column} column")
         field = file.schema_arrow.field(position)
         if not pa.types.is_timestamp(field.type):
-            raise ValueError(f"{COLUMN} is {field.type}, not a timestamp")
+            raise ValueError(f"{column} is {field.type}, not a timestamp")
         columns = range(meta.num_columns)
-        leaf = next((i for i in columns if meta.schema.column(i).path == COLUMN), None)
+        leaf = next((i for i in columns if meta.schema.column(i).path == column), None)
         if leaf is None:
-            raise ValueError(f"no {COLUMN} column in the Parquet schema")
+            raise ValueError(f"no {column} column in the Parquet schema")
         low: datetime | None = None
         high: datetime | None = None
         for index in range(meta.num_row_groups):
@@ -151,9 +152,9 @@ def start_range(path: Path) -> tuple[int, datetime | None, datetime | None]:
             elif stats is not None and stats.null_count == group.num_rows:
                 continue  # all null
             else:
-                column = file.read_row_group(index, columns=[COLUMN]).column(0)
-                column = column.cast(pa.timestamp("us", tz="UTC"), safe=False)
-                found = pc.min_max(column).as_py()
+                values = file.read_row_group(index, columns=[column]).column(0)
+                values = values.cast(pa.timestamp("us", tz="UTC"), safe=False)
+                found = pc.min_max(values).as_py()
                 if found["min"] is None:
                     continue
                 bounds = (_utc(found["min"]), _utc(found["max"]))
@@ -162,10 +163,10 @@ def start_range(path: Path) -> tuple[int, datetime | None, datetime | None]:
         return meta.num_rows, low, high
 
 
-def probe(path: Path) -> str:
+def probe(path: Path, column: str) -> str:
     """start_range() as JSON: `{"rows", "low", "high"}` or `{"error"}` (the child's answer)."""
     try:
-        rows, low, high = start_range(path)
+        rows, low, high = start_range(path, column)
     except UNREADABLE_ERRORS as exc:
         return json.dumps({"error": _short(exc)})
     return json.dumps(
@@ -177,14 +178,14 @@ def probe(path: Path) -> str:
     )
 
 
-def start_range_isolated(path: Path) -> tuple[int, datetime | None, datetime | None]:
+def start_range_isolated(path: Path, column: str) -> tuple[int, datetime | None, datetime | None]:
     """start_range() in a child process; ValueError with a short cause if it fails or dies."""
     package_root = str(Path(__file__).resolve().parent.parent)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     try:
         done = subprocess.run(  # noqa: S603 - this interpreter running this module
-            [sys.executable, "-c", _CHILD, str(path)],
+            [sys.executable, "-c", _CHILD, str(path), column],
             capture_output=True,
             text=True,
             timeout=CHILD_TIMEOUT,
@@ -219,7 +220,10 @@ def check_file(path: Path, key: str, record: Record) -> list[Problem]:
         problems.append(Problem("SIZE", key, f"{size} bytes != recorded {record.bytes}"))
     try:
         # The archiver's own bytes are safe to parse here; anything else in a child.
-        rows, low, high = start_range(path) if trusted else start_range_isolated(path)
+        column = record.kind.time_column
+        rows, low, high = (
+            start_range(path, column) if trusted else start_range_isolated(path, column)
+        )
     except UNREADABLE_ERRORS as exc:
         problems.append(Problem("UNREADABLE", key, _short(exc)))
         return problems
@@ -233,7 +237,7 @@ def check_file(path: Path, key: str, record: Record) -> list[Problem]:
             Problem(
                 "OUTSIDE",
                 key,
-                f"{COLUMN} {format_timestamp(outside)} outside "
+                f"{record.kind.time_column} {format_timestamp(outside)} outside "
                 f"[{format_timestamp(start)}, {format_timestamp(end)})",
             )
         )

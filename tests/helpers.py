@@ -134,23 +134,25 @@ def read_s3(destination: str, kind: Kind, scratch: Path) -> pa.Table:
 
 
 def assert_archive_exact(kind: Kind, table: pa.Table, truth: Iterable[dict[str, Any]]) -> None:
-    """Every source row exactly once, every column equal to the source, nothing else."""
-    expected = {row["id"]: row for row in truth}
+    """Every source row exactly once (by the kind's key), every column equal to the
+    source, nothing else."""
+    key = kind.key
+    expected = {row[key]: row for row in truth}
     archived = table.to_pylist()
-    ids = [row["id"] for row in archived]
+    ids = [row[key] for row in archived]
     assert len(ids) == len(set(ids)), "a row is archived twice"
     assert sorted(expected) == sorted(ids)
     schema = schema_for(kind)
     assert schema.remove_metadata() == table.schema.remove_metadata()
     for row in archived:
-        source = expected[row["id"]]
+        source = expected[row[key]]
         for field in schema:
             if field.name == "additionalData":
                 extra = row["additionalData"]
                 assert expected_extra(kind, source) == (json.loads(extra) if extra else None)
             else:
                 assert expected_value(field, source.get(field.name)) == row[field.name], (
-                    f"{row['id']} {field.name}"
+                    f"{row[key]} {field.name}"
                 )
 
 

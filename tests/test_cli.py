@@ -82,8 +82,15 @@ RANGE = ("--start", "2024-03-04", "--end", "2024-03-05")
         ),
         (
             {},
-            ("backfill", *RANGE, "--kind", "sms"),
-            "archiver: --kind: unknown kind 'sms' (expected one of: pstn, direct_routing)",
+            ("backfill", *RANGE, "--kind", "voicemail"),
+            "archiver: --kind: unknown kind 'voicemail' (expected one of: pstn, "
+            "direct_routing, sms, pstn_blocked_users)",
+        ),
+        (
+            {"ARCHIVER_KINDS": "pstn,faxes"},
+            ("backfill", *RANGE),
+            "archiver: configuration: kinds from ARCHIVER_KINDS: unknown kind 'faxes' "
+            "(expected one of: pstn, direct_routing, sms, pstn_blocked_users)",
         ),
         (
             {"ARCHIVER_CLIENT_SECRET": "wrong"},
@@ -100,6 +107,7 @@ RANGE = ("--start", "2024-03-04", "--end", "2024-03-05")
         "no-credential",
         "no-tenant",
         "bad-kind",
+        "bad-kinds-env",
         "wrong-secret",
     ],
 )

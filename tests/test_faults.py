@@ -18,7 +18,7 @@ from archiver.config import Config, load
 from archiver.emulator import Emulator, EmulatorConfig, Faults
 from archiver.errors import WindowError
 from archiver.graph import GraphClient, WindowStats, open_session
-from archiver.kinds import Kind
+from archiver.kinds import DEFAULT_KINDS, Kind
 from archiver.ratelimit import Gate, Limiter, Pacer
 from archiver.windows import Window
 
@@ -69,7 +69,7 @@ def limiters_on(clock: SkipClock, config: Config) -> dict[Kind, Limiter]:
             tenant,
             Gate(clock.monotonic, clock.sleep),
         )
-        for kind in Kind
+        for kind in DEFAULT_KINDS
     }
 
 
@@ -123,7 +123,7 @@ def test_fault_mix_still_gives_the_exact_archive(
         )
         log = emu.requests
         assert 0 == code
-        for kind in Kind:
+        for kind in DEFAULT_KINDS:
             truth = emu.rows(kind, START, START + timedelta(days=10), version="v1.0")
             assert_archive_exact(kind, read_local(dest, kind), truth)
     injected = {r.fault for r in log if r.fault}

@@ -14,7 +14,7 @@ import anyio
 import pytest
 
 from archiver import manifest as manifest_module
-from archiver.kinds import Kind
+from archiver.kinds import DEFAULT_KINDS, Kind
 from archiver.manifest import JOURNAL_PREFIX, SNAPSHOT_KEY, Manifest, Record, State, record_id
 from archiver.store import LocalStore
 from archiver.windows import Window, plan
@@ -36,7 +36,7 @@ def test_manifest_of_release_0_1_0_reads_every_window_done(tmp_path: Path) -> No
     manifest = Manifest(LocalStore(legacy_destination(tmp_path)))
     anyio.run(manifest.load)
     six_hours = timedelta(hours=6)
-    expected = set(plan(Kind, DAY, DAY + timedelta(days=2, hours=18), six_hours))
+    expected = set(plan(DEFAULT_KINDS, DAY, DAY + timedelta(days=2, hours=18), six_hours))
     assert six_hours == manifest.window
     assert expected == {r.window for r in manifest.records.values() if r.done}
     assert [] == [r for r in manifest.records.values() if not r.done]

@@ -46,11 +46,12 @@ class Clock:
         return self.now
 
 
-def test_counters_exist_at_zero_for_both_kinds_and_count() -> None:
-    """Counters start at 0 for each kind and add what they are given."""
+def test_counters_exist_at_zero_for_every_kind_and_count() -> None:
+    """Counters start at 0 for each kind, the SMS and blocked-users logs included, and add
+    what they are given."""
     metrics = Metrics()
     before = samples(metrics.render()[0])
-    assert [0.0, 0.0] == [before[("archiver_rows_total", kind(k.value))] for k in Kind]
+    assert [0.0] * 4 == [before[("archiver_rows_total", kind(k.value))] for k in Kind]
     metrics.rows.labels(kind="pstn").inc(1500)
     metrics.requests.labels(kind="direct_routing", status="429").inc()
     metrics.windows.labels(kind="pstn", state="done").set(7)
