@@ -14,7 +14,6 @@ every run gets.
 
 from __future__ import annotations
 
-import datetime as dt
 import io
 import math
 import os
@@ -40,10 +39,6 @@ import boto3
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 from helpers import (
     archiver_command,
     archiver_env,
@@ -160,29 +155,6 @@ class Worker:
 
 
 # --- credentials -------------------------------------------------------------------------
-
-
-def certificate_pem(name: str) -> tuple[bytes, bytes]:
-    """A fresh self-signed RSA certificate and its unencrypted key, both PEM."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    return cert.public_bytes(serialization.Encoding.PEM), key_pem
 
 
 class RotatingAssertion:

@@ -4,7 +4,6 @@ and no secret in reprs, errors or logs."""
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import json
 import logging
 import os
@@ -17,8 +16,7 @@ import pytest
 import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
+from helpers import certificate_pem
 
 from archiver.auth import TokenProvider
 from archiver.config import load
@@ -35,25 +33,8 @@ class Certificate:
     """A self-signed RSA certificate with its key, as PEM."""
 
     def __init__(self, name: str) -> None:
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        now = dt.datetime.now(dt.UTC)
-        self.cert = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(hours=1))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .sign(key, hashes.SHA256())
-        )
-        self.cert_pem = self.cert.public_bytes(serialization.Encoding.PEM)
-        self.key_pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
+        self.cert_pem, self.key_pem = certificate_pem(name)
+        self.cert = x509.load_pem_x509_certificate(self.cert_pem)
 
 
 @pytest.fixture(scope="module")

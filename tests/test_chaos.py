@@ -25,13 +25,13 @@ from chaos import (
     RotatingAssertion,
     Scenario,
     backfill_args,
-    certificate_pem,
     chaos_seeds,
     destination,
     emulator_config,
     run_scenario,
     tracebacks_in,
 )
+from helpers import certificate_pem
 from s3_faults import FaultRates
 
 from archiver.emulator import Emulator, Faults
