@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from archiver.emulator import EmulatorConfig
-from archiver.emulator.server import BUCKET_RETRY_AFTER, EmulatorState
+from archiver.emulator import EmulatorConfig, EmulatorState
+from archiver.emulator.faults import BUCKET_RETRY_AFTER
 from archiver.kinds import Kind
 
 

@@ -7,7 +7,7 @@ import signal
 import threading
 from types import FrameType
 
-from archiver.emulator.server import Emulator, EmulatorConfig, Faults
+from archiver.emulator import Emulator, EmulatorConfig, Faults
 from archiver.kinds import Kind
 
 
@@ -21,6 +21,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--page-size", type=int, default=1000)
     parser.add_argument("--pstn-rows-per-day", type=int, default=2000)
     parser.add_argument("--direct-routing-rows-per-day", type=int, default=1500)
+    parser.add_argument("--sms-rows-per-day", type=int, default=500)
+    parser.add_argument("--pstn-blocked-users-rows-per-day", type=int, default=50)
     parser.add_argument("--latency", type=float, default=0.0, help="seconds per Graph page")
     parser.add_argument(
         "--cache-rows", type=int, default=0, help="keep the texts of up to N served rows"
@@ -42,6 +44,8 @@ def main(argv: list[str] | None = None) -> None:
         rows_per_day={
             Kind.PSTN: args.pstn_rows_per_day,
             Kind.DIRECT_ROUTING: args.direct_routing_rows_per_day,
+            Kind.SMS: args.sms_rows_per_day,
+            Kind.PSTN_BLOCKED_USERS: args.pstn_blocked_users_rows_per_day,
         },
         latency=args.latency,
         cache_rows=args.cache_rows,

@@ -1,22 +1,29 @@
-"""Deterministic call-log rows with the quirks real Graph data has.
+"""Deterministic log rows with the quirks real Graph data has: PSTN and Direct Routing
+calls, SMS, PSTN blocked users.
 
 Each (seed, kind, UTC day) holds exactly `rows_per_day` rows. A row is a pure
-function of (seed, kind, day, index): only each day's sorted start times are
-computed and cached (cheap); row dicts are built for the slice being served.
+function of (seed, kind, day, index): only each day's sorted times (of the kind's
+time column: startDateTime, sentDateTime, blockDateTime) are computed and cached
+(cheap); row texts are built for the slice being served, in (time, key) order.
 
 Times are integers in 100 ns ticks since 0001-01-01T00:00:00Z (.NET ticks), the
 resolution Graph writes (7 fractional digits).
 
 Quirks present every day (given enough rows per day):
 - rows at 00:00:00Z, at every exact hour, and at 23:59:59.9999999Z;
-- start times with 7, 3 or no fractional digits, and two rows sharing a start time;
+- times with 7, 3 or no fractional digits, and two rows sharing a time;
 - the `0001-01-01T00:00:00Z` sentinel (Direct Routing `failureDateTime` on
   successful calls, `endDateTime` on failed ones);
 - nulls, empty and 1-2 element `administrativeUnitInfos`, non-ASCII names,
   masked numbers, Direct Routing callee numbers that are not E.164;
-- money as JSON numbers with up to 4 decimals, int durations and SIP codes, booleans;
+- money as JSON numbers with up to 4 decimals, int durations, SIP codes and SMS
+  units, booleans;
 - every Nth row a property no schema knows (a string, a number or an object);
-- unique `id`s; repeated `callId`s (PSTN) and `correlationId`s (Direct Routing).
+- unique keys (`id`; `remediationId` for blocked users, which have no `id`); repeated
+  `callId`s (PSTN), `correlationId`s (Direct Routing) and `smsId`s (SMS);
+- SMS: masked external numbers on either side, inbound messages free, 1-3 units;
+- blocked users: `blocked`, `unblocked` and now and then `unknownFutureValue`, a
+  reason that may be null, users without a telephone number.
 """
 
 from __future__ import annotations
@@ -60,11 +67,24 @@ BETA_ONLY: dict[Kind, frozenset[str]] = {
             "administrativeUnitInfos",
         }
     ),
+    # beta only as a whole: v1.0 does not serve these logs at all
+    Kind.SMS: frozenset(),
+    Kind.PSTN_BLOCKED_USERS: frozenset(),
 }
 
 ROW_TYPE: dict[Kind, str] = {
     Kind.PSTN: "microsoft.graph.callRecords.pstnCallLogRow",
     Kind.DIRECT_ROUTING: "microsoft.graph.callRecords.directRoutingLogRow",
+    Kind.SMS: "microsoft.graph.callRecords.smsLogRow",
+    Kind.PSTN_BLOCKED_USERS: "microsoft.graph.callRecords.pstnBlockedUsersLogRow",
+}
+
+# The name each kind's rows are derived under (`_digest(f"{prefix}/{seed}/{day}/{index}")`).
+_PREFIX: dict[Kind, str] = {
+    Kind.PSTN: "pstn",
+    Kind.DIRECT_ROUTING: "dr",
+    Kind.SMS: "sms",
+    Kind.PSTN_BLOCKED_USERS: "pbu",
 }
 
 _DATETIME = re.compile(
@@ -218,6 +238,15 @@ _FAILURE = (
     (500, _q("Internal Server Error"), 569002),
     (503, _q("Service Unavailable"), 560503),
 )
+_SMS_LICENSES = _qs("MCOSMS1", "MCOSMS1", "MCOPSTNU", "MCOPSTN1")
+_BLOCK_REASONS = _qs(
+    "High Overall Usage",
+    "High International Usage",
+    "Suspicious Call Pattern",
+    "Fraud Suspected",
+)
+_UNBLOCK_REASONS = _qs("Tenant Requested", "Block Expired", "Admin Override")
+_COUNTRY_PREFIXES = ("+1425555", "+4930123", "+4420794", "+3721234", "+8190123")
 _NOT_E164 = _qs("anonymous", "sip:reception@contoso.com", "sip:+14255550100@sbc1.contoso.com")
 _Q_SENTINEL = _q(SENTINEL)
 _MASK64 = (1 << 64) - 1
@@ -430,16 +459,90 @@ def direct_routing_row(
     return text + _unknown_property(index, every) + "}"
 
 
+def sms_row(seed: int, ordinal: int, index: int, tick: int, beta: bool, every: int) -> str:
+    """JSON text of SMS row `index` of day `ordinal`, sent `tick` ticks into the day.
+
+    Beta only: `beta` is ignored (v1.0 does not serve the SMS log)."""
+    d = _digest(f"sms/{seed}/{ordinal}/{index}")
+    users = _users(seed)
+    user = users[index % 20] if index < 40 else users[d[16] % 20]
+    inbound = d[17] % 3 == 0
+    # Rows whose index is 5 mod 13 repeat the smsId of the row before (smsId is not unique).
+    x = _mix(seed, ordinal, index) ^ 0x5D5_5D5_5D5
+    sms_id = _uuid_text(
+        x.to_bytes(8, "little") + (x * 0xD6E8FEB86659FD93 & _MASK64).to_bytes(8, "little")
+    )
+    user_number = f'"+1425555{(d[18] << 8 | d[19]) % 10000:04d}"'
+    other_number = _phone(d[20], d[21], d[22], index % 11 == 3 or d[23] % 15 == 0)
+    if inbound:
+        source, destination, charge = other_number, user_number, "0"
+    else:
+        source, destination, charge = user_number, other_number, _money(d[24] % 6, d[25], d[26])
+    country = d[27] % 10
+    context = "null" if index % 7 == 6 else ('"Domestic"' if country == 0 else '"International"')
+    other_country = "null" if index % 9 == 4 else _COUNTRIES[country]
+    units = 1 + (d[28] % 10 == 0) + (d[28] % 30 == 0)
+    admin_units = _admin_unit_lists(seed)[d[29] % 5][index % 3 if index < 40 else d[30] % 3]
+    text = (
+        f'{{"id":"{_uuid_text(d)}","smsId":"{sms_id}",'
+        f'"userId":{user.id},"userPrincipalName":{user.upn},"userDisplayName":{user.name},'
+        f'"userCountryCode":{user.country},"tenantCountryCode":"US",'
+        f'"sourceNumber":{source},"destinationNumber":{destination},'
+        f'"sentDateTime":"{format_ticks(ordinal * TICKS_PER_DAY + tick)}",'
+        f'"callCharge":{charge},"currency":{_CURRENCIES[d[31] % 3]},'
+        f'"smsType":"{"sms_in" if inbound else "sms_out"}",'
+        f'"destinationContext":{context},"destinationName":{_DESTINATIONS[country]},'
+        f'"otherPartyCountryCode":{other_country},'
+        f'"licenseCapability":{_SMS_LICENSES[d[32] % 4]},"smsUnits":{units},'
+        f'"administrativeUnitInfos":{admin_units}'
+    )
+    return text + _unknown_property(index, every) + "}"
+
+
+def pstn_blocked_users_row(
+    seed: int, ordinal: int, index: int, tick: int, beta: bool, every: int
+) -> str:
+    """JSON text of PSTN blocked-users row `index` of day `ordinal`, `tick` ticks into the
+    day. No `id`: `remediationId` (the block or unblock action) is the key.
+
+    Beta only: `beta` is ignored (v1.0 does not serve the blocked-users log)."""
+    d = _digest(f"pbu/{seed}/{ordinal}/{index}")
+    users = _users(seed)
+    user = users[index % 20] if index < 40 else users[d[16] % 20]
+    if index % 23 == 11:
+        mode, reason = "unknownFutureValue", "null"
+    elif d[17] % 3:
+        mode, reason = "blocked", _BLOCK_REASONS[d[18] % 4]
+    else:
+        mode, reason = "unblocked", _UNBLOCK_REASONS[d[18] % 3]
+    if index % 10 == 7:
+        reason = "null"
+    number = (
+        "null"
+        if index % 17 == 9
+        else f'"{_COUNTRY_PREFIXES[d[19] % 5]}{(d[20] << 8 | d[21]) % 10000:04d}"'
+    )
+    text = (
+        f'{{"userId":{user.id},"userPrincipalName":{user.upn},"userDisplayName":{user.name},'
+        f'"blockDateTime":"{format_ticks(ordinal * TICKS_PER_DAY + tick)}",'
+        f'"userTelephoneNumber":{number},"userBlockMode":"{mode}","blockReason":{reason},'
+        f'"remediationId":"{_uuid_text(d)}"'
+    )
+    return text + _unknown_property(index, every) + "}"
+
+
 _BUILDERS: dict[Kind, Callable[[int, int, int, int, bool, int], str]] = {
     Kind.PSTN: pstn_row,
     Kind.DIRECT_ROUTING: direct_routing_row,
+    Kind.SMS: sms_row,
+    Kind.PSTN_BLOCKED_USERS: pstn_blocked_users_row,
 }
 
 
-def row_id(kind: Kind, seed: int, ordinal: int, index: int) -> str:
-    """The `id` of a generated row, without building the row."""
-    prefix = "pstn" if kind is Kind.PSTN else "dr"
-    return _uuid_text(_digest(f"{prefix}/{seed}/{ordinal}/{index}"))
+def row_key(kind: Kind, seed: int, ordinal: int, index: int) -> str:
+    """The key (`kind.key`: `id`, or `remediationId`) of a generated row, without building
+    the row."""
+    return _uuid_text(_digest(f"{_PREFIX[kind]}/{seed}/{ordinal}/{index}"))
 
 
 def dumps(value: Any) -> str:
@@ -451,7 +554,8 @@ def dumps(value: Any) -> str:
 
 
 def day_ticks(seed: int, kind: Kind, ordinal: int, count: int) -> list[int]:
-    """Start ticks (within the day) of rows 0..count-1, in index order, quirks first."""
+    """Ticks within the day (of the kind's time column) of rows 0..count-1, in index order,
+    quirks first."""
     rng = random.Random(f"{seed}/{kind.value}/{ordinal}")
     quirks = [h * 3600 * TICKS_PER_SECOND for h in range(24)] + [TICKS_PER_DAY - 1]
     tie = rng.randrange(TICKS_PER_DAY // 10_000) * 10_000
@@ -479,13 +583,13 @@ class DataParams:
 
 @dataclass(frozen=True)
 class _Day:
-    ticks: array[int]  # start ticks within the day, ascending (ties broken by id)
+    ticks: array[int]  # ticks within the day, ascending (ties broken by key)
     refs: array[int]  # per position: a generated row's index, or -1-k for late row k
     late: tuple[dict[str, Any], ...]
 
 
 class Dataset:
-    """Generated rows plus late rows, served in (start time, id) order. Thread-safe."""
+    """Generated rows plus late rows, served in (time, key) order. Thread-safe."""
 
     def __init__(self, cache_days: int = 1024, cache_rows: int = 0) -> None:
         self._lock = threading.Lock()
@@ -499,13 +603,15 @@ class Dataset:
         self._cached_rows = 0
 
     def add_rows(self, kind: Kind, rows: list[dict[str, Any]]) -> None:
-        """Serve `rows` (Graph's JSON form, each with `id` and `startDateTime`) from now on."""
+        """Serve `rows` (Graph's JSON form, each with the kind's key and time column, e.g.
+        `id` and `startDateTime`) from now on."""
+        key, time = kind.key, kind.time_column
         parsed = []
         for row in rows:
-            if not isinstance(row.get("id"), str) or not isinstance(row.get("startDateTime"), str):
-                raise ValueError("a late row needs string 'id' and 'startDateTime'")
+            if not isinstance(row.get(key), str) or not isinstance(row.get(time), str):
+                raise ValueError(f"a late row needs string {key!r} and {time!r}")
             copy = json.loads(dumps(row))
-            parsed.append((parse_datetime(copy["startDateTime"]), copy))
+            parsed.append((parse_datetime(copy[time]), copy))
         with self._lock:
             for ticks, copy in parsed:
                 self._late.setdefault((kind, ticks // TICKS_PER_DAY), []).append(copy)
@@ -537,17 +643,17 @@ class Dataset:
         entries: list[tuple[int, int]] = list(zip(ticks, range(len(ticks)), strict=True))
         base = ordinal * TICKS_PER_DAY
         for k, row in enumerate(late):
-            entries.append((parse_datetime(row["startDateTime"]) - base, -1 - k))
+            entries.append((parse_datetime(row[kind.time_column]) - base, -1 - k))
         entries.sort(key=lambda e: e[0])
 
         def ident(entry: tuple[int, int]) -> str:
             ref = entry[1]
             if ref >= 0:
-                return row_id(kind, params.seed, ordinal, ref)
-            return str(late[-1 - ref]["id"])
+                return row_key(kind, params.seed, ordinal, ref)
+            return str(late[-1 - ref][kind.key])
 
         i = 0
-        while i < len(entries):  # break ties in start time by id
+        while i < len(entries):  # break ties in time by key
             j = i + 1
             while j < len(entries) and entries[j][0] == entries[i][0]:
                 j += 1
@@ -570,8 +676,8 @@ class Dataset:
         skip: int = 0,
         limit: int | None = None,
     ) -> tuple[list[str], int]:
-        """JSON texts of the rows starting in [low, high) ticks, from position `skip`, at most
-        `limit` of them; and how many rows the whole range holds."""
+        """JSON texts of the rows whose time lies in [low, high) ticks, from position `skip`,
+        at most `limit` of them; and how many rows the whole range holds."""
         total = 0
         picked: list[tuple[int, _Day, int, int]] = []
         end = None if limit is None else skip + limit
