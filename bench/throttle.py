@@ -44,7 +44,7 @@ import anyio
 
 from archiver.config import load
 from archiver.emulator import Emulator, EmulatorConfig
-from archiver.kinds import Kind
+from archiver.kinds import DEFAULT_KINDS
 from archiver.pipeline import backfill
 
 CAP = 50  # requests per function per CAP_WINDOW seconds (Graph: 50 a minute)
@@ -102,7 +102,7 @@ def slow_s3(delay: float) -> Iterator[str]:
 def one_run(scenario: Scenario) -> tuple[float, float]:
     """One backfill of both kinds; (utilisation, share of 429s)."""
     emulated = EmulatorConfig(
-        rows_per_day={kind: scenario.rows_per_day for kind in Kind},
+        rows_per_day={kind: scenario.rows_per_day for kind in DEFAULT_KINDS},
         page_size=PAGE_SIZE,
         latency=LATENCY,
         rate_cap_per_minute=CAP,
@@ -131,11 +131,11 @@ def one_run(scenario: Scenario) -> tuple[float, float]:
             },
         )
         end = START + timedelta(days=scenario.days)
-        result = anyio.run(backfill, config, list(Kind), START, end)
+        result = anyio.run(backfill, config, list(DEFAULT_KINDS), START, end)
         assert not result.failed, result.failed
         log = [r for r in emu.requests if r.endpoint == "graph"]
     utilisations = []
-    for kind in Kind:
+    for kind in DEFAULT_KINDS:
         mine = [r for r in log if r.kind is kind]
         good = sum(1 for r in mine if r.status == 200)
         elapsed = max(r.at for r in mine) - min(r.at for r in mine)
