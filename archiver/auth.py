@@ -22,9 +22,6 @@ from urllib.parse import urlsplit
 import anyio
 import msal
 import requests
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from archiver.config import Config
 from archiver.errors import RetryableError, StopRun, UsageError
@@ -87,7 +84,11 @@ def _check_certificate(path: Path, pem: str) -> None:
     """Raise UsageError unless `pem` holds an unencrypted RSA key and, first, its certificate.
 
     MSAL would only find out when it signs the first assertion, with a bare TypeError.
+    cryptography is imported here, for a certificate only (some 15 MiB a process need not load).
     """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
 
     def refuse(why: str) -> UsageError:
         return UsageError(f"configuration: client_certificate {path}: {why}")

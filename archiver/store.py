@@ -38,14 +38,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
-
-import boto3
-import boto3.exceptions
-import botocore.config
-import botocore.exceptions
-from boto3.s3.transfer import TransferConfig
 
 from archiver.errors import ArchiverError, RetryableError, UsageError, WindowError
 
@@ -70,13 +64,57 @@ RETRYABLE_CODES = frozenset(
         "ThrottlingException",
     }
 )
-# Everything boto3, botocore and the filesystem may raise from a store call.
-FOREIGN_ERRORS: tuple[type[Exception], ...] = (
-    botocore.exceptions.BotoCoreError,
-    botocore.exceptions.ClientError,
-    boto3.exceptions.Boto3Error,
-    OSError,
-)
+
+# boto3 and botocore are imported by the first S3Store (`_import_boto`), with the names made
+# of them: a process archiving into a local folder never loads them (some 20 MiB and a
+# quarter of a second of imports). Other modules find these names here as always.
+if TYPE_CHECKING:
+    import boto3
+    import boto3.exceptions
+    import botocore.config
+    import botocore.exceptions
+    from boto3.s3.transfer import TransferConfig
+
+    # Their types; `_import_boto` makes them. Everything boto3, botocore and the
+    # filesystem may raise from a store call:
+    FOREIGN_ERRORS: tuple[type[Exception], ...] = ()
+    CLIENT_CONFIG: botocore.config.Config = botocore.config.Config()
+_BOTO_NAMES = ("boto3", "botocore", "TransferConfig", "FOREIGN_ERRORS", "CLIENT_CONFIG")
+
+
+def _import_boto() -> None:
+    """Import boto3 and botocore into this module, once; and make the names built of them."""
+    if "CLIENT_CONFIG" in globals():
+        return
+    import boto3.exceptions
+    import boto3.s3.transfer
+    import botocore.config
+    import botocore.exceptions
+
+    globals().update(
+        boto3=boto3,
+        botocore=botocore,
+        TransferConfig=boto3.s3.transfer.TransferConfig,
+        FOREIGN_ERRORS=(
+            botocore.exceptions.BotoCoreError,
+            botocore.exceptions.ClientError,
+            boto3.exceptions.Boto3Error,
+            OSError,
+        ),
+        CLIENT_CONFIG=botocore.config.Config(
+            retries={"mode": "standard", "max_attempts": 5},
+            connect_timeout=10,
+            read_timeout=120,
+        ),
+    )
+
+
+def __getattr__(name: str) -> Any:
+    """`archiver.store.CLIENT_CONFIG` and the other names made of boto3, on first use."""
+    if name in _BOTO_NAMES:
+        _import_boto()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -512,12 +550,6 @@ class LocalStore(Store):
 
 # ------------------------------------------------------------------------------- S3
 
-CLIENT_CONFIG = botocore.config.Config(
-    retries={"mode": "standard", "max_attempts": 5},
-    connect_timeout=10,
-    read_timeout=120,
-)
-
 
 def _status(exc: botocore.exceptions.ClientError) -> int:
     return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
@@ -585,6 +617,7 @@ class S3Store(Store):
         single_put_limit: int = SINGLE_PUT_LIMIT,
         part_size: int = PART_SIZE,
     ) -> None:
+        _import_boto()
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.options = options or StoreOptions()
