@@ -12,10 +12,12 @@ the GIL are not counted) and exclusively (a stage inside another is taken out of
                straight to Arrow, pyarrow.json.read_json (worker thread)
     type       archive.select_rows (rows_to_batch + the window filter) or page_to_batch and
                in_window less the parse
-    write      parquet.WindowWriter.write/close (Arrow -> Parquet, zstd), not the hash
+    write      parquet.WindowWriter.write/close (rows spilled, read back, Arrow -> Parquet,
+               zstd), not the hash
     hash       parquet.sha256_file: the digest of the spool file the writer made
     ids        reconcile.Ids.add: the ids noted per page
-    free       the rest of archive.write_page: freeing the page's parsed rows (if any)
+    free       the rest of archive.write_page (pages are typed where they are parsed, so
+               no parsed rows are left to free here)
     reconcile  reconcile.reconcile: the dedup at the end of a window (and any rewrite)
     store      LocalStore/S3Store.put_file: fsync, rename (or upload), without its hash
     store-hash store._hash_fd: LocalStore.put_file reading the file again to verify it
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import importlib
 import json
 import os
 import runpy
@@ -148,12 +151,14 @@ class _MemorySampler:
 def main() -> int:
     """Import, wrap the stages, then run `python -m archiver ARGV` as it runs."""
     report, argv = sys.argv[1], sys.argv[2:]
-    import archiver
+    import archiver.__main__ as entry
 
-    if hasattr(archiver, "prefer_system_allocator"):  # as archiver.run() does, before pyarrow
-        archiver.prefer_system_allocator()
+    # As the command does, before any import (a tree from before prepare_allocators: its
+    # prefer_system_allocator).
+    prepare = getattr(entry, "prepare_allocators", None) or entry.prefer_system_allocator
+    prepare()
     began = time.process_time()
-    import archiver.cli  # timed: what `python -m archiver` imports first
+    importlib.import_module("archiver.cli")  # timed: what `python -m archiver` imports first
 
     _add("imports", time.process_time() - began)
     install()

@@ -19,7 +19,10 @@ change in the machine's load touches every peer alike; figures are medians. Also
 the imports cost (`python -m archiver --version`, against the typical script's imports),
 and, with --stages, where the archiver's CPU goes (bench/stage_probe.py), in µs per row.
 `--tree LABEL=DIR` measures the archiver of another source tree (PYTHONPATH=DIR) too,
-e.g. a copy with proposed changes.
+e.g. a copy with proposed changes; `--variant LABEL=NAME=VALUE[,NAME=VALUE]` this tree's
+archiver in another environment, e.g. `mimalloc=ARROW_DEFAULT_MEMORY_POOL=mimalloc`.
+`--kind`, `--days`, `--rows-per-day` size the run: `--kind pstn --days 1 --rows-per-day
+1000000 --variant c1=ARCHIVER_CONCURRENCY=1` is one window of a million rows.
 """
 
 from __future__ import annotations
@@ -75,8 +78,9 @@ def python_with(module: str, given: str | None, variable: str) -> tuple[str | No
     )
 
 
-def peer_args(emu: perf.EmulatorProcess, days: int, version: str) -> list[str]:
+def peer_args(emu: perf.EmulatorProcess, days: int, version: str, kinds: list[str]) -> list[str]:
     end = perf.FIRST_DAY + timedelta(days=days)
+    kind_args = [arg for kind in kinds for arg in ("--kind", kind)]
     return [
         "--url",
         emu.url,
@@ -92,10 +96,7 @@ def peer_args(emu: perf.EmulatorProcess, days: int, version: str) -> list[str]:
         perf.day_text(perf.FIRST_DAY),
         "--end",
         perf.day_text(end),
-        "--kind",
-        "pstn",
-        "--kind",
-        "direct_routing",
+        *kind_args,
         "--version",
         version,
         "--out",
@@ -191,12 +192,17 @@ STAGES = (
 
 
 def stage_profile(
-    emu: perf.EmulatorProcess, days: int, tree: str | None, scratch: Path, env_extra: dict[str, str]
+    emu: perf.EmulatorProcess,
+    days: int,
+    tree: str | None,
+    scratch: Path,
+    env_extra: dict[str, str],
+    kinds: tuple[str, ...] = ("pstn", "direct_routing"),
 ) -> dict[str, Any]:
     """One archiver run through bench/stage_probe.py: CPU seconds per stage."""
     out = scratch / f"out-{uuid.uuid4().hex[:8]}"
     report = scratch / f"stages-{uuid.uuid4().hex[:8]}.json"
-    args = perf.backfill_args(days, ["pstn", "direct_routing"])
+    args = perf.backfill_args(days, list(kinds))
     env = perf.archiver_env(emu, out, **env_extra, **({"PYTHONPATH": tree} if tree else {}))
     child = perf.run_child(
         [perf.PY, str(BENCH / "stage_probe.py"), str(report), *args], env, scratch
@@ -217,6 +223,19 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--days", type=int, default=3, help="days (windows per kind; 3)")
     parser.add_argument("--version", default="beta", choices=["beta", "v1.0"])
     parser.add_argument("--no-c1", action="store_true", help="skip the archiver at concurrency 1")
+    parser.add_argument(
+        "--kind",
+        action="append",
+        choices=["pstn", "direct_routing"],
+        help="the kinds to archive (repeatable; default both)",
+    )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="LABEL=NAME=VALUE[,NAME=VALUE]",
+        help="also measure this tree's archiver with these environment variables",
+    )
     parser.add_argument(
         "--dlt-python", help="an interpreter with dlt[parquet] (or $PERF_DLT_PYTHON)"
     )
@@ -239,7 +258,11 @@ def main(argv: list[str]) -> int:
     for spec in args.tree:
         label, _, tree = spec.partition("=")
         trees[label] = str(Path(tree).resolve())
-    kinds = ["pstn", "direct_routing"]
+    kinds = args.kind or ["pstn", "direct_routing"]
+    variants: dict[str, dict[str, str]] = {}
+    for spec in args.variant:
+        label, _, assignments = spec.partition("=")
+        variants[label] = dict(pair.split("=", 1) for pair in assignments.split(","))
     notes: list[str] = []
     load_before = os.getloadavg()
     import tempfile
@@ -247,7 +270,8 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="archiver-whole-") as tmp:
         scratch = Path(tmp)
         per_day = args.rows_per_day
-        with perf.emulator(scratch, pstn=per_day, direct_routing=per_day) as emu:
+        counts = {kind: per_day if kind in kinds else 0 for kind in ("pstn", "direct_routing")}
+        with perf.emulator(scratch, **counts) as emu:
             client = perf.PlainClient(emu)
             row_bytes = rows_seen = 0
             for kind in kinds:
@@ -292,7 +316,16 @@ def main(argv: list[str]) -> int:
                             Path(tree) if tree else perf.ROOT,
                         )
                     )
-            common = peer_args(emu, args.days, args.version)
+            for label, env in variants.items():
+                peers.append(
+                    Peer(
+                        f"archiver-variant-{label}",
+                        f"{label} ({', '.join(f'{k}={v}' for k, v in env.items())})",
+                        [perf.PY, "-m", "archiver", *perf.backfill_args(args.days, kinds)],
+                        perf.archiver_env(emu, "{out}", ARCHIVER_GRAPH_VERSION=args.version, **env),
+                    )
+                )
+            common = peer_args(emu, args.days, args.version, kinds)
             peers.append(
                 Peer(
                     "typical",
@@ -362,12 +395,14 @@ def main(argv: list[str]) -> int:
                         tree or None,
                         scratch,
                         {"ARCHIVER_GRAPH_VERSION": args.version},
+                        tuple(kinds),
                     )
         imports = import_costs(scratch, max(3, args.runs), trees)
     load_after = os.getloadavg()
     print(
         report(
             args,
+            kinds,
             peers,
             imports,
             {lb: top_imports(t or None) for lb, t in trees.items()},
@@ -383,6 +418,7 @@ def main(argv: list[str]) -> int:
 
 def report(
     args: argparse.Namespace,
+    kinds: list[str],
     peers: list[Peer],
     imports: list[tuple[str, float, int]],
     top: dict[str, list[str]],
@@ -394,9 +430,9 @@ def report(
 ) -> str:
     rows = peers[0].rows[0]
     lines = [
-        f"### Whole processes: {rows:,} {args.version} rows ({args.days} days {perf.X} 2 kinds "
-        f"{perf.X} {args.rows_per_day:,} rows/day, {row_bytes:,.0f} bytes of JSON a row), no rate "
-        "cap, into a local folder",
+        f"### Whole processes: {rows:,} {args.version} rows ({args.days} days {perf.X} "
+        f"{len(kinds)} kinds {perf.X} {args.rows_per_day:,} rows/day, {row_bytes:,.0f} bytes "
+        "of JSON a row), no rate cap, into a local folder",
         "",
         f"{os.cpu_count()} cores, Python {sys.version.split()[0]}; load average "
         f"{load_before[0]:.1f} before, {load_after[0]:.1f} after; medians of {args.runs} runs, "
