@@ -20,7 +20,7 @@ the GIL are not counted) and exclusively (a stage inside another is taken out of
                no parsed rows are left to free here)
     reconcile  reconcile.reconcile: the dedup at the end of a window (and any rewrite)
     store      LocalStore/S3Store.put_file: fsync, rename (or upload), without its hash
-    store-hash store._hash_fd: LocalStore.put_file reading the file again to verify it
+    store-hash store.local._hash_fd: LocalStore.put_file reading the file again to verify it
     gc         the cyclic garbage collector, whichever stage set it off (also inside them)
 
 `rest` (computed by perf.py) is the process's CPU less all of these: the event loop
@@ -107,8 +107,9 @@ def install() -> None:
     archive.reconcile = timed("reconcile", archive.reconcile)
     for cls in [store.LocalStore, *([store.S3Store] if "S3Store" in vars(store) else [])]:
         cls.put_file = timed("store", cls.put_file)  # type: ignore[method-assign]
-    if hasattr(store, "_hash_fd"):
-        store._hash_fd = timed("store-hash", store._hash_fd)
+    local = getattr(store, "local", store)  # the store package's local module, or the old store.py
+    if hasattr(local, "_hash_fd"):
+        local._hash_fd = timed("store-hash", local._hash_fd)
     gc.callbacks.append(_on_gc)
 
 
