@@ -1,9 +1,10 @@
 """One window, start to finish: claim it, fetch its pages, type and filter the rows,
-write Parquet to the spool, reconcile (each row once), replace the object, record it
-in the manifest.
+write Parquet to the spool, reconcile (each row once), publish it through the sink
+(replace the object, or commit to the Delta table), record it in the manifest.
 
 The rows of a window are typed page by page in a worker thread and streamed into one
-Parquet file; a re-archive merges by id with the object already archived.
+Parquet file; a re-archive merges by id with the rows already archived. Only the sink
+knows the output format.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import pyarrow.compute as pc
 
 from archiver import __version__
 from archiver.config import Config
-from archiver.errors import ArchiverError, LeaseLost, RetryableError, WindowError, unwrapped
+from archiver.errors import ArchiverError, LeaseLost, unwrapped
 from archiver.graph import GraphClient, WindowStats
 from archiver.kinds import Kind
 from archiver.lease import AlreadyDone, Busy, Claim, Leases
@@ -33,8 +34,9 @@ from archiver.metrics import Metrics
 from archiver.parquet import WindowWriter, WrittenFile, group_rows
 from archiver.reconcile import Ids, Reconciled, reconcile
 from archiver.schema import rows_to_batch, schema_for
+from archiver.sink import Published, open_sink
 from archiver.spool import Spool
-from archiver.store import ObjectInfo, Store
+from archiver.store import Store
 from archiver.windows import Window, format_instant
 
 log = logging.getLogger(__name__)
@@ -103,6 +105,7 @@ class Archiver:
         self.metrics = metrics
         self._newest: dict[Kind, float] = {}  # per kind: end of the newest archived window
         self.store = store
+        self.sink = open_sink(config.table_format, store)
         self.manifest = manifest
         self.graph = graph
         self.spool = spool
@@ -167,9 +170,9 @@ class Archiver:
     async def archive(
         self, window: Window, confirm: Callable[[], Awaitable[None]] | None = None
     ) -> Record:
-        """Fetch, write, reconcile, store and record one window; WindowError if it fails.
+        """Fetch, write, reconcile, publish and record one window; WindowError if it fails.
 
-        `confirm` is awaited right before the object is replaced: it raises LeaseLost if
+        `confirm` is awaited right before the rows are published: it raises LeaseLost if
         another worker took the window over, so a worker never replaces what another
         worker archived.
         """
@@ -186,7 +189,7 @@ class Archiver:
             except BaseException:
                 final.file.path.unlink(missing_ok=True)
                 raise
-        info = await self._store(window, final.file)
+        info = await self._publish(window, final.file, metadata)
         record = Record(
             kind=window.kind,
             start=window.start,
@@ -196,12 +199,13 @@ class Archiver:
             key=info.key,
             rows=final.file.rows,
             bytes=final.file.size,
-            sha256=final.file.sha256,
+            sha256=info.sha256,
             checksum_sha256=info.checksum_sha256,
             pages=stats.pages,
             graph_version=window.kind.version_for(self.config.graph_version),
             archiver_version=__version__,
             started_at=started_at,
+            extra=info.extra,
         )
         await self.manifest.record(record)
         self.count(record, stats)
@@ -287,14 +291,18 @@ class Archiver:
         ids: pa.ChunkedArray,
         metadata: dict[str, str],
     ) -> Reconciled:
-        """Each row once, and on a re-archive the rows of the window's current object that
+        """Each row once, and on a re-archive the rows archived for the window before that
         this fetch did not return, so the archive never loses a row it once held. A file
         rewritten for it is written as `fetched` was. `fetched` is consumed."""
         record = self.manifest.get(window)
         previous = self._spool_path(window, "prev") if record and record.done else None
         out = self._spool_path(window, "final")
         try:
-            if previous is not None and not await self._download(window, record, previous):
+            if (
+                previous is not None
+                and record is not None
+                and not await anyio.to_thread.run_sync(self.sink.previous, window, record, previous)
+            ):
                 previous = None
             return await anyio.to_thread.run_sync(
                 reconcile,
@@ -315,27 +323,12 @@ class Archiver:
             if previous is not None:
                 previous.unlink(missing_ok=True)
 
-    async def _download(self, window: Window, record: Record | None, path: Path) -> bool:
-        """Fetch the window's archived object into `path`; False when it is gone."""
-        assert record is not None and record.key
-        key = record.key
+    async def _publish(
+        self, window: Window, written: WrittenFile, metadata: dict[str, str]
+    ) -> Published:
+        """Replace the window's rows with `written` in one step (the sink consumes it)."""
         try:
-            await anyio.to_thread.run_sync(self.store.download, key, path)
-        except RetryableError:
-            raise
-        except WindowError:
-            if await anyio.to_thread.run_sync(self.store.head, key) is not None:
-                raise
-            log.warning("%s: its archived object %s is missing; archived anew", window, key)
-            return False
-        return True
-
-    async def _store(self, window: Window, written: WrittenFile) -> ObjectInfo:
-        """Replace the window's object with `written` in one step (the store consumes it)."""
-        try:
-            return await anyio.to_thread.run_sync(
-                self.store.put_file, window.key, written.path, written.sha256
-            )
+            return await anyio.to_thread.run_sync(self.sink.publish, window, written, metadata)
         finally:
             written.path.unlink(missing_ok=True)
 

@@ -8,6 +8,7 @@ turns that into a one-line `UsageError` that names the key and where it came fro
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import os
 import tomllib
@@ -49,6 +50,7 @@ class Config:
     kinds: tuple[Kind, ...] = DEFAULT_KINDS  # what `run` keeps current, `backfill` archives
     destination: str = "./archive"
     window: timedelta = timedelta(days=1)
+    table_format: str = "parquet"  # or "delta": each kind a Delta table (the [delta] extra)
     concurrency: int = 8
     requests_per_minute: float = 45.0
     tenant_requests_per_minute: float = 180.0
@@ -185,6 +187,22 @@ def _window(value: Any) -> timedelta:
     return parse_window(_text(value))
 
 
+def _table_format(value: Any) -> str:
+    """`parquet` or `delta`; delta only where the deltalake package is installed, so a run
+    that cannot write its tables stops before it writes anything."""
+    text = _choice("parquet", "delta")(value)
+    if text == "delta":
+        try:
+            found = importlib.util.find_spec("deltalake") is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            raise ValueError(
+                "'delta' needs the deltalake package: pip install 'callrec-archiver[delta]'"
+            )
+    return text
+
+
 def _instant(value: Any) -> datetime:
     if isinstance(value, datetime):  # TOML offset date-times arrive parsed
         if value.tzinfo is None:
@@ -215,6 +233,7 @@ PARSERS: dict[str, Callable[[Any], Any]] = {
     "kinds": _kinds,
     "destination": _text,
     "window": _window,
+    "table_format": _table_format,
     "concurrency": _positive(int),
     "requests_per_minute": _positive(float),
     "tenant_requests_per_minute": _positive(float),

@@ -111,7 +111,7 @@ async def run_forever(
 ) -> RunResult:
     """Keep the archive current until a signal stops it; what the last round did."""
     store, manifest = await open_destination(config)
-    manifest.check_window(config.window)
+    manifest.check_window(config.window, config.table_format)
     shutdown = shutdown or Shutdown(config.grace.total_seconds())
     reported: set[Window] = set()  # windows past retention, reported once
     result = RunResult()

@@ -2,7 +2,8 @@
 
 Stored in the destination under `_manifest/` (never matches `*.parquet`):
 
-    _manifest/settings.json             window length of this destination (fixed at first run)
+    _manifest/settings.json             window length and table format of this destination
+                                        (fixed at first run; no format: parquet)
     _manifest/snapshot.json.gz          all records, compacted
     _manifest/journal/<time>-<id>.json  records written since the last compaction, one each
     _manifest/plans/<time>-<id>.json    ranges that backfills were asked for
@@ -64,6 +65,7 @@ COMPACT_SHARE = 64  # ... and one for every 64 records: a compaction rewrites ev
 # so its cost per window recorded stays bounded (about 64 records) as the manifest grows
 COMPACT_ATTEMPTS = 8  # lost races with other workers before a compaction is left for later
 READERS = 16  # threads reading journal entries at once
+DEFAULT_FORMAT = "parquet"  # the table format of a destination that names none
 
 
 class State(enum.Enum):
@@ -222,6 +224,7 @@ class _Read:
     plans: list[dict[str, Any]]
     journal: list[str]
     snapshot_etag: str | None
+    table_format: str | None = None  # None: no settings yet
 
 
 STORE_ATTEMPTS = 4  # tries of a manifest read or journal write the store fails transiently
@@ -256,6 +259,7 @@ class Manifest:
         self.store = store
         self.records: dict[RecordId, Record] = {}
         self.window: timedelta | None = None
+        self.table_format: str | None = None  # fixed with the window; None until then
         self.plans: list[dict[str, Any]] = []  # ranges that backfills were asked for
         self._foreign: dict[str, dict[str, Any]] = {}
         self._journal: dict[str, None] = {}  # journal keys whose records are in `records`
@@ -272,7 +276,10 @@ class Manifest:
 
     def _read(self) -> _Read:
         settings = self.store.get_bytes(SETTINGS_KEY)
-        window = parse_window(orjson.loads(settings[0])["window"]) if settings else None
+        fixed = orjson.loads(settings[0]) if settings else None
+        window = parse_window(fixed["window"]) if fixed else None
+        # Destinations fixed before Delta tables existed hold loose Parquet files.
+        table_format = str(fixed.get("table_format", DEFAULT_FORMAT)) if fixed else None
         snapshot = self.store.get_bytes(SNAPSHOT_KEY)
         plans = [orjson.loads(got[0]) for got in self._get_all(self._keys(PLANS_PREFIX)) if got]
         keys = self._keys(JOURNAL_PREFIX)
@@ -290,7 +297,8 @@ class Manifest:
             if got is not None:
                 self._take(orjson.loads(got[0]), records, foreign)
                 journal.append(key)
-        return _Read(window, records, foreign, plans, journal, snapshot[1] if snapshot else None)
+        etag = snapshot[1] if snapshot else None
+        return _Read(window, records, foreign, plans, journal, etag, table_format)
 
     def _keys(self, prefix: str) -> list[str]:
         return [info.key for info in self.store.list(prefix)]
@@ -318,6 +326,8 @@ class Manifest:
         """Merge a read into the view (on the event loop)."""
         if read.window is not None:
             self.window = read.window
+        if read.table_format is not None:
+            self.table_format = read.table_format
         for record in read.records.values():
             self.records[record.id] = merge(self.records.get(record.id), record)
         self._foreign.update(read.foreign)
@@ -327,11 +337,13 @@ class Manifest:
 
     # ---------------------------------------------------------------- settings and plans
 
-    def check_window(self, length: timedelta) -> None:
-        """Refuse a window length other than the one this destination was archived with.
+    def check_window(self, length: timedelta, table_format: str = DEFAULT_FORMAT) -> None:
+        """Refuse a window length or table format other than the one this destination
+        was archived with.
 
         Objects are named by window start, so mixing lengths in one destination would
-        let a day's object and an hour's object hold the same rows.
+        let a day's object and an hour's object hold the same rows; and a kind's folder
+        is either loose Parquet files or a Delta table, never both.
         """
         if self.window is not None and self.window != length:
             raise UsageError(
@@ -339,15 +351,21 @@ class Manifest:
                 f"{format_duration(self.window)} windows already archived in "
                 f"{self.store.description}; keep window = {format_duration(self.window)}"
             )
+        if self.table_format is not None and self.table_format != table_format:
+            raise UsageError(
+                f"configuration: table_format {table_format} differs from the "
+                f"{self.table_format} archive already in {self.store.description}; "
+                f"keep table_format = {self.table_format}"
+            )
 
-    async def fix_window(self, length: timedelta) -> None:
-        """Record the destination's window length at first use (then check it again:
-        another worker may have fixed a different one first)."""
+    async def fix_window(self, length: timedelta, table_format: str = DEFAULT_FORMAT) -> None:
+        """Record the destination's window length and table format at first use (then
+        check them again: another worker may have fixed different ones first)."""
         if self.window is None:
-            data = orjson.dumps({"window": format_duration(length)})
+            data = orjson.dumps({"window": format_duration(length), "table_format": table_format})
             await anyio.to_thread.run_sync(self.store.put_bytes_if_absent, SETTINGS_KEY, data)
             await self.load()
-        self.check_window(length)
+        self.check_window(length, table_format)
 
     async def add_plan(self, kinds: Iterable[Kind], start: datetime, end: datetime) -> None:
         """Remember a requested range, so that `status` can count its pending windows."""

@@ -234,7 +234,7 @@ async def connect(
         tokens = TokenProvider(config)
         await tokens.token()
         graph = GraphClient(config, session, tokens, make_limiters(config), metrics=metrics)
-        await manifest.fix_window(config.window)
+        await manifest.fix_window(config.window, config.table_format)
         spool = await anyio.to_thread.run_sync(Spool, store.spool_dir())
         leases = Leases(store, worker_id(), config.lease.total_seconds())
         try:
@@ -282,7 +282,7 @@ async def backfill(
     gracefully (`result.stopped`).
     """
     store, manifest = await open_destination(config)
-    manifest.check_window(config.window)
+    manifest.check_window(config.window, config.table_format)
     now = now or datetime.now(UTC)
     result = RunResult()
     windows: list[Window] = []

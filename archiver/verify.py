@@ -41,6 +41,7 @@ from archiver.kinds import Kind
 from archiver.manifest import Manifest, Record, RecordId
 from archiver.parquet import sha256_file
 from archiver.pipeline import open_destination
+from archiver.sink import Problem
 from archiver.store import Store
 
 log = logging.getLogger(__name__)
@@ -65,18 +66,6 @@ _CHILD = (
     "import sys; from pathlib import Path; from archiver.verify import probe; "
     "print(probe(Path(sys.argv[1]), sys.argv[2]))"
 )
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with one object: `KIND key: text` when printed."""
-
-    kind: str  # MISSING CHECKSUM SIZE ROWS OUTSIDE UNREADABLE ERROR STRAY
-    key: str
-    text: str
-
-    def __str__(self) -> str:
-        return f"{self.kind} {self.key}: {self.text}"
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "archiver"
 # separate component that only `demo` uses, and it may use only `kinds`).
 ORDER = [
     "kinds", "errors", "log", "windows", "config", "metrics", "ratelimit", "auth", "graph",
-    "schema", "parquet", "reconcile", "store", "manifest", "lease", "spool", "archive", "pipeline",
-    "continuous", "verify", "progress", "demo", "cli", "__main__",
+    "schema", "parquet", "reconcile", "store", "manifest", "lease", "spool", "sink", "archive",
+    "pipeline", "continuous", "verify", "progress", "demo", "cli", "__main__",
 ]  # fmt: skip
 
 
