@@ -176,7 +176,8 @@ class S3Store(Store):
         self._spool_lock = threading.Lock()
         try:
             # One client, made once: clients are thread-safe, sessions are not.
-            self._client = boto3.session.Session().client("s3", config=CLIENT_CONFIG)
+            self._session = boto3.session.Session()
+            self._client = self._session.client("s3", config=CLIENT_CONFIG)
         except (botocore.exceptions.BotoCoreError, ValueError) as exc:
             raise UsageError(
                 f"destination {self.description}: cannot set up the S3 client: {_one_line(exc)}"
@@ -188,6 +189,32 @@ class S3Store(Store):
         parts = urlsplit(str(self._client.meta.endpoint_url))
         host = parts.netloc.rpartition("@")[2]
         return urlunsplit((parts.scheme, host, parts.path, "", "")).rstrip("/")
+
+    def object_store_options(self) -> dict[str, str]:
+        """How another S3 client (delta-rs, whose object_store reads these keys) reaches
+        this bucket as boto3 does: the endpoint (unless AWS's own), region, credentials
+        (refreshed when temporary ones are about to expire) and SSE settings. Holds the
+        secret key: never log it."""
+        options = {"AWS_REGION": str(self._client.meta.region_name or "us-east-1")}
+        endpoint = self.endpoint
+        if not urlsplit(endpoint).hostname or not str(urlsplit(endpoint).hostname).endswith(
+            ".amazonaws.com"
+        ):
+            options["AWS_ENDPOINT_URL"] = endpoint
+            if endpoint.startswith("http://"):
+                options["AWS_ALLOW_HTTP"] = "true"
+        credentials = self._session.get_credentials()
+        if credentials is not None:
+            frozen = credentials.get_frozen_credentials()
+            options["AWS_ACCESS_KEY_ID"] = frozen.access_key
+            options["AWS_SECRET_ACCESS_KEY"] = frozen.secret_key
+            if frozen.token:
+                options["AWS_SESSION_TOKEN"] = frozen.token
+        if self.options.sse:
+            options["AWS_SERVER_SIDE_ENCRYPTION"] = self.options.sse
+        if self.options.sse_kms_key_id:
+            options["AWS_SSE_KMS_KEY_ID"] = self.options.sse_kms_key_id
+        return options
 
     def check(self) -> None:
         """HeadBucket, and with Object Lock options GetObjectLockConfiguration."""
