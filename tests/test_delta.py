@@ -7,25 +7,34 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
+from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
-from deltalake import DeltaTable, QueryBuilder
+from deltalake import DeltaTable, QueryBuilder, write_deltalake
+from deltalake.exceptions import TableNotFoundError
 from helpers import archiver_command, archiver_env, assert_archive_exact, backfill, s3_keys
 
+from archiver import kinds, schema
+from archiver.cli import main
 from archiver.emulator import Emulator, EmulatorConfig
-from archiver.kinds import DEFAULT_KINDS, Kind
+from archiver.kinds import DEFAULT_KINDS, Column, Kind
 from archiver.manifest import Manifest
 from archiver.schema import schema_for
 from archiver.store import S3Store, open_store
+from archiver.windows import Window, align_down, format_instant
 
 START = datetime(2024, 3, 4, tzinfo=UTC)
 ROWS = {Kind.PSTN: 40, Kind.DIRECT_ROUTING: 30}
+HOUR = timedelta(hours=1)
 
 pytestmark = pytest.mark.emulator(rows_per_day=ROWS)
 
@@ -154,3 +163,256 @@ def test_a_week_into_s3_killed_half_way_resumes_to_an_exact_table(
             archiver_command("verify"), env=env, capture_output=True, text=True, check=False
         )
         assert (0, "verified 14 objects: 0 problems\n") == (verified.returncode, verified.stdout)
+
+
+def test_verify_names_a_window_whose_rows_were_deleted_behind_its_back(
+    emulator: Emulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """verify passes a good table; rows deleted from one window, and a row appended twice
+    to another, are named by window, with the rows counted."""
+    dest = tmp_path / "archive"
+    assert 0 == backfill(
+        monkeypatch, delta_env(emulator, dest), "--start", "2024-03-04", "--end", "2024-03-07"
+    )
+    capsys.readouterr()
+    assert 0 == main(["verify"])
+    assert "verified 6 objects: 0 problems\n" == capsys.readouterr().out
+    table = table_of(dest, Kind.PSTN)
+    table.delete("date = '2024-03-05'")
+    again = read_delta(dest, Kind.PSTN).filter(pc.equal(pc.field("date"), "2024-03-06")).slice(0, 1)
+    write_deltalake(table, again, mode="append")
+    assert 1 == main(["verify"])
+    assert [
+        "MISSING pstn/date=2024-03-05/20240305T000000Z: recorded in the manifest with 40 rows, "
+        "none in the table",
+        f"DUPLICATE pstn/date=2024-03-06: id {again['id'][0]} is in the table 2 times",
+        "ROWS pstn/date=2024-03-06/20240306T000000Z: 41 rows in the table != recorded 40",
+        "verified 6 objects: 3 problems",
+    ] == capsys.readouterr().out.splitlines()
+
+
+@pytest.mark.slow
+def test_three_workers_on_a_folder_give_an_exact_table(tmp_path: Path) -> None:
+    """Three processes archive the same week into one local folder at once: their commits
+    interleave and conflict, and the tables hold every row once."""
+    with Emulator(EmulatorConfig(rows_per_day=dict(ROWS), latency=0.05)) as emu:
+        dest = tmp_path / "archive"
+        env = {**os.environ, **delta_env(emu, dest, ARCHIVER_CONCURRENCY="3")}
+        args = archiver_command("backfill", "--start", "2024-03-04", "--end", "2024-03-11")
+        workers = [
+            subprocess.Popen(
+                args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+            for _ in range(3)
+        ]
+        outputs = [w.communicate(timeout=240) for w in workers]
+        assert [0, 0, 0] == [w.returncode for w in workers], outputs
+        end = START + timedelta(days=7)
+        for kind in DEFAULT_KINDS:
+            assert_table_exact(dest, kind, emu.rows(kind, START, end, version="v1.0"))
+
+
+@pytest.mark.slow
+def test_two_workers_on_seaweedfs_give_an_exact_table(
+    seaweed_destination: str, tmp_path: Path
+) -> None:
+    """Two processes commit to the same tables on SeaweedFS (conditional writes): exact."""
+    with Emulator(EmulatorConfig(rows_per_day=dict(ROWS), latency=0.05)) as emu:
+        env = {**os.environ, **delta_env(emu, seaweed_destination, ARCHIVER_CONCURRENCY="3")}
+        args = archiver_command("backfill", "--start", "2024-03-04", "--end", "2024-03-11")
+        workers = [
+            subprocess.Popen(
+                args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+            for _ in range(2)
+        ]
+        outputs = [w.communicate(timeout=240) for w in workers]
+        assert [0, 0] == [w.returncode for w in workers], outputs
+        end = START + timedelta(days=7)
+        for kind in DEFAULT_KINDS:
+            truth = emu.rows(kind, START, end, version="v1.0")
+            assert_table_exact(seaweed_destination, kind, truth)
+
+
+def test_resweep_merges_late_rows_with_what_the_table_holds(tmp_path: Path) -> None:
+    """`run` with hourly windows: a row Graph adds later arrives with the re-sweep, in a
+    commit of its own, and rows Graph no longer returns stay in the table."""
+    now = datetime.now(UTC)
+    start = align_down(now, HOUR) - 2 * HOUR
+    window = Window(Kind.PSTN, start, start + HOUR)
+    with Emulator(EmulatorConfig(rows_per_day={Kind.PSTN: 240})) as emu:
+        first = emu.rows(Kind.PSTN, window.start, window.end, version="v1.0")
+        dest = tmp_path / "archive"
+        env = {
+            **os.environ,
+            **delta_env(
+                emu,
+                dest,
+                ARCHIVER_KINDS="pstn",
+                ARCHIVER_WINDOW="1h",
+                ARCHIVER_SETTLE="1s",
+                ARCHIVER_START=format_instant(start),
+                ARCHIVER_RESWEEP_INTERVAL="1s",
+                ARCHIVER_GRACE="10s",
+                ARCHIVER_LEASE="5s",
+            ),
+        }
+        process = subprocess.Popen(
+            archiver_command("run"),
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            wait_for(lambda: window_ids(dest, window) is not None, "the first archive")
+            late = dict(
+                first[0],
+                id="late-row-0001",
+                startDateTime=format_instant(window.start + timedelta(minutes=30)),
+            )
+            emu.add_rows(Kind.PSTN, [late])
+            emu.config.seed = 99  # Graph now returns other rows for the window: keep ours too
+            second = emu.rows(Kind.PSTN, window.start, window.end, version="v1.0")
+            wait_for(lambda: "late-row-0001" in (window_ids(dest, window) or []), "the re-sweep")
+            process.send_signal(signal.SIGTERM)
+            process.communicate(timeout=15)
+        finally:
+            process.kill()
+        assert 0 == process.returncode
+    starts = pc.field("startDateTime")
+    rows = read_delta(dest, Kind.PSTN).filter((starts >= window.start) & (starts < window.end))
+    union = {row["id"]: row for row in first} | {row["id"]: row for row in second}
+    assert_archive_exact(Kind.PSTN, rows.drop_columns(["date"]), union.values())
+    mine = [
+        c for c in commits(dest, Kind.PSTN) if c["archiver.window_start"] == format_instant(start)
+    ]
+    assert len(mine) >= 2, "the re-sweep is a commit of its own"
+
+
+def window_ids(dest: Path, window: Window) -> list[str] | None:
+    """The ids the table holds for `window`, or None before its table exists."""
+    try:
+        table = read_delta(dest, window.kind)
+    except TableNotFoundError:
+        return None
+    inside = pc.and_(
+        pc.greater_equal(
+            table["startDateTime"], pa.scalar(window.start, table["startDateTime"].type)
+        ),
+        pc.less(table["startDateTime"], pa.scalar(window.end, table["startDateTime"].type)),
+    )
+    ids = table.filter(inside)["id"].to_pylist()
+    return ids or None
+
+
+def wait_for(condition: Callable[[], bool], what: str, limit: float = 60) -> None:
+    """Poll until `condition` holds (a deadline, not a timing assertion)."""
+    deadline = time.monotonic() + limit
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.1)
+
+
+@pytest.mark.emulator(rows_per_day=ROWS, unknown_property_every=3)
+def test_a_property_declared_later_becomes_a_column_in_a_later_commit(
+    emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Schema evolution: rows archived while `routingTag` was unknown keep it in
+    additionalData; once a release declares it, the next commit adds the column (a schema
+    merge), its files are the only new ones, and the older versions still read as before."""
+    dest = tmp_path / "archive"
+    env = delta_env(emulator, dest, ARCHIVER_KINDS="pstn")
+    assert 0 == backfill(monkeypatch, env, "--start", "2024-03-04", "--end", "2024-03-06")
+    before = table_of(dest, Kind.PSTN)
+    old_version, old_files = before.version(), set(before.file_uris())
+    old_rows = read_delta(dest, Kind.PSTN)
+    assert "routingTag" not in old_rows.schema.names
+    assert any("routingTag" in (extra or "") for extra in old_rows["additionalData"].to_pylist())
+
+    declare(monkeypatch, Kind.PSTN, Column("routingTag", since="beta"))
+    assert 0 == backfill(monkeypatch, env, "--start", "2024-03-06", "--end", "2024-03-07")
+    after = table_of(dest, Kind.PSTN)
+    assert old_files < set(after.file_uris())
+    table = read_delta(dest, Kind.PSTN)
+    assert pa.field("routingTag", pa.string()) == table.schema.field("routingTag")
+    names = schema_for(Kind.PSTN).names
+    new = table.filter(pc.equal(pc.field("date"), "2024-03-06")).select(names)
+    third = emulator.rows(Kind.PSTN, START + timedelta(days=2), START + timedelta(days=3), "v1.0")
+    assert any(row.get("routingTag") for row in third)
+    assert_archive_exact(Kind.PSTN, new, third)
+    old = table.filter(pc.less(pc.field("date"), "2024-03-06"))
+    assert [None] * old.num_rows == old["routingTag"].to_pylist()
+    assert old_rows.sort_by("id").equals(old.select(old_rows.schema.names).sort_by("id")), (
+        "older rows read as they were, the new column null"
+    )
+    at_old = DeltaTable(f"{dest}/pstn", version=old_version)
+    assert old_rows.schema == pa.schema(at_old.schema().to_arrow())
+
+
+def declare(monkeypatch: pytest.MonkeyPatch, kind: Kind, column: Column) -> None:
+    """A release that declares one more column of `kind`: its schema and typing plan."""
+    log = kinds._LOGS[kind]
+    monkeypatch.setitem(kinds._LOGS, kind, replace(log, columns=(*log.columns, column)))
+    monkeypatch.setitem(schema.SCHEMAS, kind, schema._declare(kind))
+    monkeypatch.setitem(schema._SPECS, kind, schema._spec(kind))
+
+
+def test_a_destination_keeps_its_table_format(
+    emulator: Emulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A folder of loose Parquet files refuses delta, and a Delta one parquet: exit 2, one
+    line, nothing fetched."""
+    for first, then in (("parquet", "delta"), ("delta", "parquet")):
+        dest = tmp_path / first
+        env = archiver_env(emulator, dest, ARCHIVER_TABLE_FORMAT=first)
+        assert 0 == backfill(monkeypatch, env, "--start", "2024-03-04", "--end", "2024-03-05")
+        capsys.readouterr()
+        emulator.clear_requests()
+        env["ARCHIVER_TABLE_FORMAT"] = then
+        assert 2 == backfill(monkeypatch, env, "--start", "2024-03-05", "--end", "2024-03-06")
+        assert [] == emulator.requests
+        assert [
+            f"archiver: configuration: table_format {then} differs from the {first} archive "
+            f"already in {dest}; keep table_format = {first}"
+        ] == capsys.readouterr().err.splitlines()
+
+
+def test_without_deltalake_delta_is_refused_in_one_line(tmp_path: Path) -> None:
+    """Where the deltalake package is missing, table_format = delta says how to install
+    it: exit 2, one line, nothing written."""
+    blocker = (
+        "import sys, importlib.abc\n"
+        "class NoDelta(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.partition('.')[0] == 'deltalake':\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, NoDelta())\n"
+        "from archiver.__main__ import run\n"
+        "sys.argv = ['archiver', 'backfill', '--start', '2024-03-04', '--end', '2024-03-05']\n"
+        "sys.exit(run())\n"
+    )
+    dest = tmp_path / "archive"
+    env = {
+        **os.environ,
+        "ARCHIVER_TENANT_ID": "t",
+        "ARCHIVER_CLIENT_ID": "c",
+        "ARCHIVER_CLIENT_SECRET": "s",
+        "ARCHIVER_DESTINATION": str(dest),
+        "ARCHIVER_TABLE_FORMAT": "delta",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", blocker], env=env, capture_output=True, text=True, check=False
+    )
+    assert (2, "") == (done.returncode, done.stdout)
+    assert [
+        "archiver: configuration: table_format from ARCHIVER_TABLE_FORMAT: 'delta' needs the "
+        "deltalake package: pip install 'callrec-archiver[delta]'"
+    ] == done.stderr.splitlines()
+    assert not dest.exists()
