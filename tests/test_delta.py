@@ -416,3 +416,39 @@ def test_without_deltalake_delta_is_refused_in_one_line(tmp_path: Path) -> None:
         "deltalake package: pip install 'callrec-archiver[delta]'"
     ] == done.stderr.splitlines()
     assert not dest.exists()
+
+
+def test_polars_and_duckdb_read_the_table_as_readme_shows(
+    emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """README's queries: Polars' scan_delta, and DuckDB over deltalake's Arrow, count the
+    source rows per day; the history names each window's commit."""
+    polars = pytest.importorskip("polars")
+    import duckdb
+
+    dest = tmp_path / "archive"
+    env = delta_env(emulator, dest, ARCHIVER_KINDS="pstn")
+    assert 0 == backfill(monkeypatch, env, "--start", "2024-03-04", "--end", "2024-03-06")
+    per_day = [("2024-03-04", ROWS[Kind.PSTN]), ("2024-03-05", ROWS[Kind.PSTN])]
+    got = (
+        polars.scan_delta(str(dest / "pstn"))
+        .group_by("date")
+        .agg(polars.len().alias("calls"))
+        .sort("date")
+        .collect()
+    )
+    assert per_day == list(got.iter_rows())
+    table = DeltaTable(str(dest / "pstn"))
+    calls = pa.table(QueryBuilder().register("t", table).execute("SELECT * FROM t").read_all())
+    connection = duckdb.connect()
+    connection.register("calls", calls)
+    assert (
+        per_day
+        == connection.sql("SELECT date, count(*) FROM calls GROUP BY date ORDER BY date").fetchall()
+    )
+    window = [
+        (c["version"], c["archiver.window_start"], c["archiver.rows"])
+        for c in table.history()
+        if c.get("archiver.window_start") == "2024-03-05T00:00:00Z"
+    ]
+    assert 1 == len(window) and str(ROWS[Kind.PSTN]) == window[0][2]
