@@ -21,7 +21,14 @@ import pyarrow.compute as pc
 import pytest
 from deltalake import DeltaTable, QueryBuilder, write_deltalake
 from deltalake.exceptions import TableNotFoundError
-from helpers import archiver_command, archiver_env, assert_archive_exact, backfill, s3_keys
+from helpers import (
+    archiver_command,
+    archiver_env,
+    assert_archive_exact,
+    backfill,
+    raw_client,
+    s3_keys,
+)
 
 from archiver import kinds, schema
 from archiver.cli import main
@@ -452,3 +459,40 @@ def test_polars_and_duckdb_read_the_table_as_readme_shows(
         if c.get("archiver.window_start") == "2024-03-05T00:00:00Z"
     ]
     assert 1 == len(window) and str(ROWS[Kind.PSTN]) == window[0][2]
+
+
+def test_object_lock_retention_covers_every_file_a_commit_wrote(
+    emulator: Emulator, s3_locked_destination: str
+) -> None:
+    """With object_lock_mode/days, each commit's log entry and data files get the
+    retention (delta-rs cannot set it itself), and a locked file refuses deletion."""
+    destination = s3_locked_destination
+    env = {
+        **os.environ,
+        **delta_env(
+            emulator,
+            destination,
+            ARCHIVER_KINDS="pstn",
+            ARCHIVER_OBJECT_LOCK_MODE="COMPLIANCE",
+            ARCHIVER_OBJECT_LOCK_DAYS="30",
+        ),
+    }
+    # Its own process, like the other S3 runs: moto serves from this one.
+    args = archiver_command("backfill", "--start", "2024-03-04", "--end", "2024-03-06")
+    done = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
+    assert 0 == done.returncode, done.stderr
+    bucket, _, prefix = destination.removeprefix("s3://").partition("/")
+    client = raw_client()
+    written = [k for k in s3_keys(destination) if k.startswith("pstn/")]
+    data = [k for k in written if k.endswith(".parquet")]
+    log = [k for k in written if k.startswith("pstn/_delta_log/") and k.endswith(".json")]
+    assert (2, 2) == (len(data), len(log))
+    for key in data + log:
+        head = client.head_object(Bucket=bucket, Key=f"{prefix}/{key}")
+        assert "COMPLIANCE" == head["ObjectLockMode"], key
+        retain = head["ObjectLockRetainUntilDate"] - datetime.now(UTC)
+        assert timedelta(days=29) < retain <= timedelta(days=30), key
+    head = client.head_object(Bucket=bucket, Key=f"{prefix}/{data[0]}")
+    with pytest.raises(client.exceptions.ClientError) as refused:
+        client.delete_object(Bucket=bucket, Key=f"{prefix}/{data[0]}", VersionId=head["VersionId"])
+    assert "AccessDenied" == refused.value.response["Error"]["Code"]

@@ -23,12 +23,16 @@ next commit through a schema merge; older files are not rewritten and read as nu
 
 from __future__ import annotations
 
+import json
 import logging
 import random
+import re
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -54,11 +58,14 @@ from archiver.windows import Window, format_instant
 
 log = logging.getLogger(__name__)
 
+COMMIT_ID = "archiver.commit"  # in each commit's metadata: finds the commit again
 DATE = "date"  # the partition column: the UTC date of the window start, YYYY-MM-DD
 BATCH_ROWS = 65_536  # rows per batch streamed into a commit or out of a query
+HISTORY_SEARCH = 256  # log entries looked through for a commit just made
 COMMIT_ATTEMPTS = 8  # conflicting commits before the window fails (and is retried later)
 CAUSE_LENGTH = 300  # a delta-rs error is cut to this many characters
 DAY_SECONDS = 86_400
+ANSI = re.compile(r"\x1b\[[0-9;]*m")  # colour codes in delta-rs's error messages
 # Set when a table is created. Log entries are the table's history (and the audit trail):
 # never cleaned up, however old; files a commit removed stay for time travel, and a
 # VACUUM by another tool refuses to delete them for ten years.
@@ -104,8 +111,9 @@ def _whole_day(window: Window) -> bool:
 
 
 def _short(exc: BaseException) -> str:
-    """A delta-rs error as one line of at most CAUSE_LENGTH characters."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    """A delta-rs error as one line of at most CAUSE_LENGTH characters, without the
+    terminal colours delta-rs puts in its messages."""
+    text = " ".join(ANSI.sub("", str(exc)).split()) or type(exc).__name__
     return text if len(text) <= CAUSE_LENGTH else text[: CAUSE_LENGTH - 1] + "…"
 
 
@@ -206,6 +214,7 @@ class DeltaSink(Sink):
                 self._refuse_timeless_rows(window, written.path)
             custom: dict[str, Any] = {f"{META_PREFIX}{k}": v for k, v in metadata.items()}
             custom[f"{META_PREFIX}rows"] = str(written.rows)
+            custom[COMMIT_ID] = uuid.uuid4().hex
             for attempt in range(1, COMMIT_ATTEMPTS + 1):
                 try:
                     self._commit(window, written.path, custom)
@@ -221,9 +230,36 @@ class DeltaSink(Sink):
                     time.sleep(pause)
                 except (DeltaError, OSError, pa.ArrowException) as exc:
                     raise self._error(kind, f"commit of {window_label(window)}", exc) from exc
+            if isinstance(self.store, S3Store) and self.store.options.object_lock_mode:
+                self._retain(window, custom[COMMIT_ID])
         finally:
             written.path.unlink(missing_ok=True)
         return Published(kind.value, None)
+
+    def _retain(self, window: Window, commit_id: str) -> None:
+        """Object Lock retention on what the window's commit wrote: its log entry and
+        the data files it added (delta-rs cannot set it on its own writes, and a bucket
+        default retention makes S3 refuse its PUTs, which carry no Content-MD5)."""
+        assert isinstance(self.store, S3Store)
+        kind = window.kind
+        table = self._table(kind)
+        latest = table.version() if table is not None else -1
+        # Our commit is the latest or close below it (others' commits since): read the log
+        # entries through the store (delta-rs's history() holds the GIL while it reads).
+        for version in range(latest, max(-1, latest - HISTORY_SEARCH), -1):
+            entry = f"{kind.value}/_delta_log/{version:020d}.json"
+            got = self.store.get_bytes(entry)
+            actions = [json.loads(line) for line in (got[0] if got else b"").splitlines() if line]
+            info: dict[str, Any] = next((a["commitInfo"] for a in actions if "commitInfo" in a), {})
+            if info.get(COMMIT_ID) == commit_id:
+                for action in actions:
+                    if "add" in action:
+                        self.store.retain(f"{kind.value}/{unquote(action['add']['path'])}")
+                self.store.retain(entry)
+                return
+        raise WindowError(
+            f"{self.uri(kind)}: the commit of {window_label(window)} is not in its log"
+        )
 
     def _refuse_timeless_rows(self, window: Window, path: Path) -> None:
         """A window shorter than a day shares its `date` partition with other windows: a

@@ -195,7 +195,12 @@ class S3Store(Store):
         this bucket as boto3 does: the endpoint (unless AWS's own), region, credentials
         (refreshed when temporary ones are about to expire) and SSE settings. Holds the
         secret key: never log it."""
-        options = {"AWS_REGION": str(self._client.meta.region_name or "us-east-1")}
+        options = {
+            "AWS_REGION": str(self._client.meta.region_name or "us-east-1"),
+            # Each PUT carries its SHA-256, which S3 checks (and a bucket with a default
+            # Object Lock retention requires some checksum on every PUT).
+            "AWS_CHECKSUM_ALGORITHM": "sha256",
+        }
         endpoint = self.endpoint
         if not urlsplit(endpoint).hostname or not str(urlsplit(endpoint).hostname).endswith(
             ".amazonaws.com"
@@ -317,6 +322,22 @@ class S3Store(Store):
                 return ObjectInfo(key, size, answer["ETag"], None)
         finally:
             path.unlink(missing_ok=True)
+
+    def retain(self, key: str) -> None:
+        """Put the configured Object Lock retention on an object another client wrote
+        (delta-rs writes a Delta table's files): PutObjectRetention, from now for
+        `object_lock_days`. Nothing without Object Lock options."""
+        lock = self._lock_args()
+        if not lock:
+            return
+        retention = {
+            "Mode": lock["ObjectLockMode"],
+            "RetainUntilDate": lock["ObjectLockRetainUntilDate"],
+        }
+        with self._errors("retain", key):
+            self._client.put_object_retention(
+                Bucket=self.bucket, Key=self._full(key), Retention=retention
+            )
 
     def put_bytes(self, key: str, data: bytes) -> str:
         """PutObject."""
