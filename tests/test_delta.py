@@ -18,6 +18,7 @@ from typing import Any
 import anyio
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable, QueryBuilder, write_deltalake
 from deltalake.exceptions import TableNotFoundError
@@ -36,6 +37,7 @@ from archiver.emulator import Emulator, EmulatorConfig
 from archiver.kinds import DEFAULT_KINDS, Column, Kind
 from archiver.manifest import Manifest
 from archiver.schema import schema_for
+from archiver.sink.delta import DeltaSink
 from archiver.store import S3Store, open_store
 from archiver.windows import Window, align_down, format_instant
 
@@ -496,3 +498,28 @@ def test_object_lock_retention_covers_every_file_a_commit_wrote(
     with pytest.raises(client.exceptions.ClientError) as refused:
         client.delete_object(Bucket=bucket, Key=f"{prefix}/{data[0]}", VersionId=head["VersionId"])
     assert "AccessDenied" == refused.value.response["Error"]["Code"]
+
+
+def test_a_re_archive_reads_the_windows_rows_back_from_s3(
+    emulator: Emulator, s3_destination: str, tmp_path: Path
+) -> None:
+    """What a re-archive merges with: the table's rows of exactly that window, read back
+    from S3 (moto) typed as declared; none for a window the table lacks."""
+    env = {**os.environ, **delta_env(emulator, s3_destination, ARCHIVER_KINDS="pstn")}
+    args = archiver_command("backfill", "--start", "2024-03-04", "--end", "2024-03-06")
+    done = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
+    assert 0 == done.returncode, done.stderr
+    manifest = load_manifest(s3_destination)
+    sink = DeltaSink(open_store(s3_destination))
+    day = START + timedelta(days=1)
+    record = manifest.get(Window(Kind.PSTN, day, day + timedelta(days=1)))
+    assert record is not None
+    path = tmp_path / "previous.parquet"
+    assert sink.previous(record.window, record, path)
+    rows = pq.read_table(path)
+    assert schema_for(Kind.PSTN) == rows.schema.remove_metadata()
+    truth = emulator.rows(Kind.PSTN, day, day + timedelta(days=1), version="v1.0")
+    assert_archive_exact(Kind.PSTN, rows, truth)
+    later = Window(Kind.PSTN, START + timedelta(days=5), START + timedelta(days=6))
+    assert not sink.previous(later, record, tmp_path / "none.parquet")
+    assert not (tmp_path / "none.parquet").exists()

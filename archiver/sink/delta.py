@@ -106,6 +106,16 @@ def predicate(window: Window) -> str:
     return f"{DATE} = {_literal(window.date.isoformat())} AND {in_range}"
 
 
+def _inside(window: Window, batch: pa.RecordBatch) -> pa.BooleanArray:
+    """Which rows of a batch of the window's `date` partition belong to the window."""
+    times = batch.column(window.kind.time_column)
+    inside = pc.and_(
+        pc.greater_equal(times, pa.scalar(window.start, times.type)),
+        pc.less(times, pa.scalar(window.end, times.type)),
+    )
+    return inside.fill_null(_whole_day(window))
+
+
 def _whole_day(window: Window) -> bool:
     return (window.end - window.start).total_seconds() >= DAY_SECONDS
 
@@ -181,7 +191,12 @@ class DeltaSink(Sink):
 
     def previous(self, window: Window, record: Record, path: Path) -> bool:
         """The table's rows of the window, into `path` (typed as declared); False when the
-        table holds none of them."""
+        table holds none of them.
+
+        The files of the window's `date` partition are fetched through the store and
+        filtered here (a deltalake query would hold the GIL while it reads from S3,
+        stalling the event loop); only a table with deletion vectors, which another
+        writer may have enabled, is read through deltalake's query engine."""
         table = self._table(window.kind)
         if table is None:
             log.warning("%s: its Delta table is missing; archived anew", window)
@@ -190,11 +205,9 @@ class DeltaSink(Sink):
         rows = 0
         try:
             with pq.ParquetWriter(path, schema, compression="zstd") as writer:
-                sql = f"SELECT * FROM t WHERE {predicate(window)}"  # noqa: S608 - our own literals
-                for batch in self._query(table, sql):
-                    if batch.num_rows:
-                        writer.write_batch(_conform(batch, schema))
-                        rows += batch.num_rows
+                for batch in self._window_rows(table, window, path):
+                    writer.write_batch(batch)
+                    rows += batch.num_rows
         except (DeltaError, OSError, pa.ArrowException) as exc:
             path.unlink(missing_ok=True)
             raise self._error(window.kind, f"read {window_label(window)}", exc) from exc
@@ -204,6 +217,32 @@ class DeltaSink(Sink):
                 log.warning("%s: its rows are missing from the Delta table; archived anew", window)
             return False
         return True
+
+    def _window_rows(
+        self, table: DeltaTable, window: Window, scratch: Path
+    ) -> Iterator[pa.RecordBatch]:
+        """The window's rows in the table's current version, conformed to the declared
+        schema, batch by batch."""
+        schema = schema_for(window.kind)
+        if "deletionVectors" in (table.protocol().reader_features or []):
+            sql = f"SELECT * FROM t WHERE {predicate(window)}"  # noqa: S608 - our own literals
+            for batch in self._query(table, sql):
+                yield _conform(batch, schema)
+            return
+        root = self.uri(window.kind) + "/"
+        partition = f"/{DATE}={window.date.isoformat()}/"
+        for uri in table.file_uris():
+            if partition not in "/" + uri.removeprefix(root):
+                continue
+            local = scratch.with_name(f"{scratch.name}.{uuid.uuid4().hex}.part")
+            try:
+                self.store.download(f"{window.kind.value}/{unquote(uri.removeprefix(root))}", local)
+                with pq.ParquetFile(local) as file:
+                    for batch in file.iter_batches(batch_size=BATCH_ROWS):
+                        conformed = _conform(batch, schema)
+                        yield conformed.filter(_inside(window, conformed))
+            finally:
+                local.unlink(missing_ok=True)
 
     def publish(self, window: Window, written: WrittenFile, metadata: dict[str, str]) -> Published:
         """One commit replacing the window's rows with those of `written`; retried after a
