@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import NoReturn
 
@@ -21,9 +22,10 @@ from archiver import __version__, log
 from archiver.config import PARSERS, SECRET_KEYS, Config, load
 from archiver.errors import ArchiverError, StopRun, UsageError, internal_error, leaves
 from archiver.kinds import Kind
-from archiver.manifest import KindSummary
-from archiver.pipeline import RunResult, backfill, open_destination
+from archiver.manifest import KindSummary, Record
+from archiver.pipeline import RunResult, Shared, backfill, backfill_tenant, open_destination
 from archiver.progress import Progress
+from archiver.tenants import Outcome, for_each_tenant
 from archiver.windows import parse_instant
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -58,7 +60,25 @@ def _load(args: argparse.Namespace) -> Config:
     }
     config = load(flags, config_file=args.config)
     log.configure(config.log_format)
-    return config
+    return _one_tenant(config, getattr(args, "tenant", None))
+
+
+def _one_tenant(config: Config, tenant_id: str | None) -> Config:
+    """`--tenant ID`: the configuration narrowed to that one of its tenants."""
+    if tenant_id is None:
+        return config
+    if not config.tenants:
+        raise UsageError(f"--tenant {tenant_id}: no tenants are configured")
+    for tenant in config.tenants:
+        if tenant.tenant_id.lower() == tenant_id.strip().lower():
+            return replace(config, tenants=(tenant,), shard=None, shards=None)
+    raise UsageError(f"--tenant {tenant_id}: not one of the configured tenants")
+
+
+def _tenant_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tenant", metavar="ID", help="with tenants: this one tenant only (default: all)"
+    )
 
 
 def _instant(flag: str, text: str) -> datetime:
@@ -82,6 +102,12 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     kinds = kinds or list(config.kinds)
     config.require_credentials()
     progress = Progress()
+    if config.tenants:
+        try:
+            outcomes = anyio.run(backfill_tenants, config, kinds, start, end, progress)
+        finally:
+            progress.close()
+        return report_tenants(outcomes, config.destination)
     try:
         result = anyio.run(
             backfill,
@@ -115,51 +141,167 @@ def report(result: RunResult, destination: str) -> int:
     return EXIT_FAILED if result.failed else EXIT_OK
 
 
+async def backfill_tenants(
+    config: Config, kinds: list[Kind], start: datetime, end: datetime, progress: Progress
+) -> list[Outcome]:
+    """`backfill` of every tenant of this process's share, each failing alone."""
+    planned: dict[int, int] = {}  # per tenant's RunResult: windows it set out to archive
+
+    def on_done(record: Record, so_far: RunResult) -> None:
+        planned[id(so_far)] = so_far.planned
+        progress.update(record, sum(planned.values()))
+
+    async def job(tenant_config: Config, shared: Shared) -> RunResult:
+        return await backfill_tenant(tenant_config, kinds, start, end, shared, None, on_done)
+
+    return await for_each_tenant(config, job)
+
+
+def report_tenants(outcomes: list[Outcome], destination: str) -> int:
+    """Print what a run of many tenants did, one line per tenant and per failure; exit 2
+    when every tenant was refused, 1 when any failed."""
+    if not outcomes:
+        print(f"no tenant of {destination} falls in this shard: nothing to do")
+        return EXIT_OK
+    results = [o.result for o in outcomes if o.result is not None]
+    archived = sum(len(r.archived) for r in results)
+    rows = sum(r.rows for r in results)
+    for outcome in outcomes:
+        tenant, result = outcome.tenant.tenant_id, outcome.result
+        if result is not None:
+            print(
+                f"tenant {tenant}: archived {len(result.archived)} windows, {result.rows:,} "
+                f"rows ({result.already} already archived, {len(result.failed)} failed, "
+                f"{result.requests} Graph requests)"
+            )
+            for window, error in result.failed:
+                print(f"FAILED tenant {tenant} {window}: {error}")
+        else:
+            print(f"FAILED tenant {tenant}: {outcome.error}")
+    print(
+        f"archived {archived} windows, {rows:,} rows of {len(outcomes)} tenants into {destination}"
+    )
+    failed = [o for o in outcomes if o.failed]
+    for outcome in failed:
+        why = (
+            outcome.error
+            or f"{len(outcome.result.failed if outcome.result else [])} windows failed"
+        )
+        print(f"archiver: tenant {outcome.tenant.tenant_id} failed: {why}", file=sys.stderr)
+    if all(o.refused for o in outcomes):
+        return EXIT_USAGE
+    if failed:
+        return EXIT_FAILED
+    if any(r.stopped for r in results):
+        print("stopped by a signal: run again to finish")
+        return EXIT_INTERRUPTED
+    return EXIT_OK
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Keep the archive current until SIGTERM/SIGINT."""
-    from archiver.continuous import run_forever
+    from archiver.continuous import keep_current, run_forever
 
     config = _load(args)
     config.require_credentials()
+    if config.tenants:
+
+        async def job(tenant_config: Config, shared: Shared) -> RunResult:
+            return await keep_current(tenant_config, shared)
+
+        outcomes = anyio.run(for_each_tenant, config, job)
+        failed = [o for o in outcomes if o.error is not None]
+        for outcome in failed:
+            print(
+                f"archiver: tenant {outcome.tenant.tenant_id} stopped: {outcome.error}",
+                file=sys.stderr,
+            )
+        if outcomes and all(o.refused for o in outcomes):
+            return EXIT_USAGE
+        return EXIT_FAILED if failed else EXIT_OK
     anyio.run(run_forever, config)
     return EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Print the manifest's summary per kind."""
+    """Print the manifest's summary per kind (per tenant, and in total, with tenants)."""
     config = _load(args)
 
-    async def summary() -> dict[Kind, KindSummary]:
-        _, manifest = await open_destination(config)
+    async def summary(destination: Config) -> dict[Kind, KindSummary]:
+        _, manifest = await open_destination(destination)
         return manifest.summary()
 
-    result = {kind.value: s.to_json() for kind, s in anyio.run(summary).items()}
-    if args.json:
-        print(json.dumps({"destination": config.destination, "kinds": result}, indent=2))
+    if not config.tenants:
+        kinds = anyio.run(summary, config)
+        if args.json:
+            shown = {kind.value: s.to_json() for kind, s in kinds.items()}
+            print(json.dumps({"destination": config.destination, "kinds": shown}, indent=2))
+        else:
+            print(f"destination: {config.destination}")
+            _print_kinds(kinds)
         return EXIT_OK
-    print(f"destination: {config.destination}")
-    for kind, s in result.items():
-        print(
-            f"{kind:15} done {s['done']:>6}  failed {s['failed']:>4}  pending {s['pending']:>6}"
-            f"  rows {s['rows']:>12,}  bytes {s['bytes']:>14,}"
-            f"  last success {s['last_success'] or '-'}"
-        )
-        for failure in s["failures"][:10]:
-            print(f"    failed {failure}")
+
+    async def every_tenant() -> list[dict[Kind, KindSummary]]:
+        return [await summary(config.for_tenant(t)) for t in config.share()]
+
+    per_tenant = dict(zip(config.share(), anyio.run(every_tenant), strict=True))
+    total: dict[Kind, KindSummary] = {}
+    for kinds in per_tenant.values():
+        for kind, s in kinds.items():
+            total.setdefault(kind, KindSummary()).add(s)
+    if args.json:
+        document = {
+            "destination": config.destination,
+            "kinds": {kind.value: s.to_json() for kind, s in total.items()},
+            "tenants": {
+                tenant.tenant_id: {
+                    "name": tenant.name,
+                    "destination": config.for_tenant(tenant).destination,
+                    "kinds": {kind.value: s.to_json() for kind, s in kinds.items()},
+                }
+                for tenant, kinds in per_tenant.items()
+            },
+        }
+        print(json.dumps(document, indent=2))
+        return EXIT_OK
+    print(f"destination: {config.destination} ({len(per_tenant)} tenants)")
+    for tenant, kinds in per_tenant.items():
+        print(f"tenant {tenant.tenant_id}" + (f" ({tenant.name})" if tenant.name else ""))
+        _print_kinds(kinds, indent="  ")
+    print("all tenants")
+    _print_kinds(total, indent="  ")
     return EXIT_OK
 
 
+def _print_kinds(kinds: dict[Kind, KindSummary], indent: str = "") -> None:
+    for kind, summary in kinds.items():
+        s = summary.to_json()
+        print(
+            f"{indent}{kind.value:15} done {s['done']:>6}  failed {s['failed']:>4}  "
+            f"pending {s['pending']:>6}  rows {s['rows']:>12,}  bytes {s['bytes']:>14,}"
+            f"  last success {s['last_success'] or '-'}"
+        )
+        for failure in s["failures"][:10]:
+            print(f"{indent}    failed {failure}")
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
-    """Re-read every archived object and compare it with the manifest."""
+    """Re-read every archived object and compare it with the manifest (of every tenant)."""
     from archiver.verify import verify_destination
 
     config = _load(args)
-    result = anyio.run(verify_destination, config)
-    for problem in result.problems:
-        print(problem)
-    count = len(result.problems)
-    print(f"verified {result.checked} objects: {count} problem{'' if count == 1 else 's'}")
-    return EXIT_FAILED if result.problems else EXIT_OK
+    targets: list[tuple[str | None, Config]] = [
+        (t.tenant_id, config.for_tenant(t)) for t in config.share()
+    ] or [(None, config)]
+    checked = problems = 0
+    for tenant, target in targets:
+        result = anyio.run(verify_destination, target)
+        for problem in result.problems:
+            print(f"tenant {tenant}: {problem}" if tenant else problem)
+        checked += result.checked
+        problems += len(result.problems)
+    print(f"verified {checked} objects: {problems} problem{'' if problems == 1 else 's'}")
+    return EXIT_FAILED if problems else EXIT_OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -188,21 +330,25 @@ def build_parser() -> argparse.ArgumentParser:
             "`kinds` setting (pstn and direct_routing)"
         ),
     )
+    _tenant_flag(backfill_cmd)
     _config_flags(backfill_cmd, "start")
     backfill_cmd.set_defaults(handler=cmd_backfill)
 
     run_cmd = commands.add_parser("run", help="keep the archive current, until SIGTERM")
+    _tenant_flag(run_cmd)
     _config_flags(run_cmd)
     run_cmd.set_defaults(handler=cmd_run)
 
     status_cmd = commands.add_parser("status", help="what the manifest says")
     status_cmd.add_argument("--json", action="store_true", help="machine-readable output")
+    _tenant_flag(status_cmd)
     _config_flags(status_cmd)
     status_cmd.set_defaults(handler=cmd_status)
 
     verify_cmd = commands.add_parser(
         "verify", help="re-read every archived object and compare it with the manifest"
     )
+    _tenant_flag(verify_cmd)
     _config_flags(verify_cmd)
     verify_cmd.set_defaults(handler=cmd_verify)
 

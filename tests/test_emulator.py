@@ -817,6 +817,7 @@ def test_request_log_records_what_was_seen(emulator: Emulator, session: Verifyin
         fault=None,
         retry_after=None,
         rows=100,
+        tenant=emulator.config.tenant_id,
     )
     assert token_record.at <= graph_record.at <= other_record.at
     assert (other_record.endpoint, other_record.status) == ("other", 404)

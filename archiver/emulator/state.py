@@ -93,7 +93,7 @@ class RequestRecord:
     rows: int  # rows in the page served, 0 otherwise
     # The token's tenant (graph), or the path's (token, discovery), spelled as configured
     # when known; None without one. Not compared, so records built without it still match.
-    tenant: str | None = field(default=None, compare=False)
+    tenant: str | None = None  # the token's tenant (graph); the path's (token, discovery)
 
 
 class EmulatorState:
