@@ -19,16 +19,30 @@ from typing import NoReturn
 import anyio
 
 from archiver import __version__, log
-from archiver.config import PARSERS, SECRET_KEYS, Config, load
+from archiver.config import Config, load
 from archiver.errors import ArchiverError, StopRun, UsageError, internal_error, leaves
 from archiver.kinds import Kind
 from archiver.manifest import KindSummary, Record
+from archiver.options import add_config_flags
 from archiver.pipeline import RunResult, Shared, backfill, backfill_tenant, open_destination
 from archiver.progress import Progress
 from archiver.tenants import Outcome, for_each_tenant
 from archiver.windows import parse_instant
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXAMPLES = """\
+examples:
+  archiver demo                         a sample week from the built-in Graph emulator
+  ARCHIVER_TENANT_ID=... ARCHIVER_CLIENT_ID=... ARCHIVER_CLIENT_SECRET=... \\
+    archiver backfill --start 2025-01-01 --end 2025-07-01 \\
+      --destination s3://call-records-archive/teams
+                                        half a year of both call logs into S3
+  archiver run --config /etc/archiver.toml
+                                        the container job: keep the archive current
+
+Every setting is a flag, an ARCHIVER_* variable or a key of the --config file (flag >
+environment > file); `archiver COMMAND --help` lists them with their defaults.
+"""
 EXIT_INTERRUPTED = 130  # backfill stopped by SIGTERM/SIGINT before its range was done
 
 
@@ -37,19 +51,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
-
-
-def _config_flags(parser: argparse.ArgumentParser, *own: str) -> None:
-    """`--config` and one flag per configuration key (secrets only from env or file).
-
-    `own` names keys whose flag the command uses for its own meaning (`backfill --start`).
-    """
-    group = parser.add_argument_group("configuration (flag > environment > --config file)")
-    group.add_argument("--config", metavar="FILE", help="TOML file (default: $ARCHIVER_CONFIG)")
-    for key in PARSERS:
-        if key not in SECRET_KEYS and key not in own:
-            flag = "--" + key.replace("_", "-")
-            group.add_argument(flag, dest=f"cfg_{key}", metavar="VALUE", help=argparse.SUPPRESS)
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -314,11 +315,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line."""
-    parser = _Parser(prog="archiver", description=__doc__.splitlines()[0])
+    parser = _Parser(
+        prog="archiver",
+        description=(
+            "Copy Microsoft Graph's call logs (PSTN, Direct Routing, SMS, PSTN blocked "
+            "users) into a folder or S3 as partitioned Parquet, exactly once, with a "
+            "manifest of what is archived."
+        ),
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"archiver {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    backfill_cmd = commands.add_parser("backfill", help="archive a range of call start times")
+    backfill_cmd = commands.add_parser(
+        "backfill",
+        help="archive a range of call start times",
+        description="Archive every window of [--start, --end) not archived yet; a re-run "
+        "asks Graph nothing for what is done. Exit 0 done, 1 some windows failed, 2 bad "
+        "configuration or credentials, 130 stopped by a signal.",
+        usage="archiver backfill --start S --end E [--kind K ...] [options]",
+    )
     backfill_cmd.add_argument("--start", required=True, help="YYYY-MM-DD or ISO-8601, UTC")
     backfill_cmd.add_argument("--end", required=True, help="exclusive end, same forms")
     backfill_cmd.add_argument(
@@ -331,30 +348,53 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     _tenant_flag(backfill_cmd)
-    _config_flags(backfill_cmd, "start")
+    add_config_flags(backfill_cmd, "backfill", "start")
     backfill_cmd.set_defaults(handler=cmd_backfill)
 
-    run_cmd = commands.add_parser("run", help="keep the archive current, until SIGTERM")
+    run_cmd = commands.add_parser(
+        "run",
+        help="keep the archive current, until SIGTERM",
+        description="The container job: forever, archive each window once it has been "
+        "closed for `settle`, re-archive young windows for late rows, sleep without "
+        "asking Graph in between; SIGTERM/SIGINT stop it gracefully (exit 0).",
+        usage="archiver run [options]",
+    )
     _tenant_flag(run_cmd)
-    _config_flags(run_cmd)
+    add_config_flags(run_cmd, "run")
     run_cmd.set_defaults(handler=cmd_run)
 
-    status_cmd = commands.add_parser("status", help="what the manifest says")
+    status_cmd = commands.add_parser(
+        "status",
+        help="what is archived, per log (and tenant)",
+        description="What the manifest says is archived, failed and pending, per log "
+        "(and per tenant, and in total). Asks Graph nothing.",
+        usage="archiver status [--json] [options]",
+    )
     status_cmd.add_argument("--json", action="store_true", help="machine-readable output")
     _tenant_flag(status_cmd)
-    _config_flags(status_cmd)
+    add_config_flags(status_cmd, "status")
     status_cmd.set_defaults(handler=cmd_status)
 
     verify_cmd = commands.add_parser(
-        "verify", help="re-read every archived object and compare it with the manifest"
+        "verify",
+        help="re-read every archived object and compare it with the manifest",
+        description="Re-read every archived object and check it against the manifest: "
+        "checksum, row count, each row once, nothing stray. Exit 0 good, 1 problems "
+        "found (each named), 2 nothing archived there.",
+        usage="archiver verify [options]",
     )
     _tenant_flag(verify_cmd)
-    _config_flags(verify_cmd)
+    add_config_flags(verify_cmd, "verify")
     verify_cmd.set_defaults(handler=cmd_verify)
 
     demo_cmd = commands.add_parser("demo", help="archive a sample week from the built-in emulator")
     demo_cmd.add_argument("--dir", default="./archive-demo", help="where to write (./archive-demo)")
-    demo_cmd.add_argument("--log-format", choices=["auto", "text", "json"], default=None)
+    demo_cmd.add_argument(
+        "--log-format",
+        choices=["auto", "text", "json"],
+        default=None,
+        help="auto (text on a terminal, else JSON lines), text or json (default: auto)",
+    )
     demo_cmd.set_defaults(handler=cmd_demo)
     return parser
 
