@@ -244,31 +244,32 @@ def test_a_tenant_table_without_a_credential_is_exit_2_before_any_request(
     rows_per_day={Kind.PSTN: 300, Kind.DIRECT_ROUTING: 0, Kind.SMS: 0, Kind.PSTN_BLOCKED_USERS: 0},
     page_size=20,
     latency=0.02,
-    rate_cap_per_minute=10,
+    rate_cap_per_minute=4,
     rate_cap_window=1.0,
 )
 def test_tenants_are_paced_in_parallel_each_at_its_own_allowance(
     emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Each tenant capped at 10 requests a second of its own (Graph's per-app-per-tenant
-    limit, compressed): while a tenant has windows left, it uses at least 75 % of its own
-    allowance, all three at once — not one after another at a shared pace."""
+    """Each tenant capped at 4 requests a second of its own (Graph's per-app-per-tenant
+    limit, compressed; low enough that a busy CI machine's CPU is not what limits): while
+    a tenant has windows left, it uses at least 75 % of its own allowance, all three at
+    once — not one after another at a shared pace."""
     env = tenants_env(
         emulator,
         tmp_path,
         ["t-1", "t-2", "t-3"],
-        ARCHIVER_REQUESTS_PER_MINUTE="570",
+        ARCHIVER_REQUESTS_PER_MINUTE="228",
         ARCHIVER_KINDS="pstn",
     )
-    assert 0 == backfill(monkeypatch, env, "--start", START, "--end", "2024-03-05")
+    assert 0 == backfill(monkeypatch, env, "--start", START, "--end", "2024-03-03")
     served = [r for r in emulator.requests if r.endpoint == "graph"]
     began = min(r.at for r in served)
     for tenant in ("t-1", "t-2", "t-3"):
         mine = [r for r in served if r.tenant == tenant]
         pages = [r for r in mine if r.status == 200]
-        assert len(pages) >= 4 * 15  # 4 days of 300 rows, 20 a page (and PSTN's end row)
+        assert len(pages) >= 2 * 15  # 2 days of 300 rows, 20 a page (and PSTN's end row)
         used = len(mine) / (max(r.at for r in mine) - began)
-        assert used >= 0.75 * 10, f"{tenant}: {used:.1f} requests/s of 10"
+        assert used >= 0.75 * 4, f"{tenant}: {used:.1f} requests/s of 4"
 
 
 @pytest.mark.emulator(tenants=["t-1", "t-2"], revoked_tenants={"t-2"}, rows_per_day=ROWS)
