@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "archiver"
 ORDER = [
     "kinds", "errors", "log", "windows", "config", "metrics", "ratelimit", "auth", "graph",
     "schema", "parquet", "reconcile", "store", "manifest", "lease", "spool", "archive", "pipeline",
-    "continuous", "tenants", "verify", "progress", "demo", "cli", "__main__",
+    "continuous", "coverage", "tenants", "verify", "progress", "demo", "cli", "__main__",
 ]  # fmt: skip
 
 
