@@ -346,7 +346,8 @@ def _draw(sections: list[tuple[str, Coverage]]) -> None:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    """Re-read every archived object and compare it with the manifest (of every tenant)."""
+    """Re-read every archived object and compare it with the manifest (of every tenant; a
+    tenant with no manifest yet is named and skipped, as `status` shows it)."""
     from archiver.verify import verify_destination
 
     config = _load(args)
@@ -354,12 +355,23 @@ def cmd_verify(args: argparse.Namespace) -> int:
         (t.tenant_id, config.for_tenant(t)) for t in config.share()
     ] or [(None, config)]
     checked = problems = 0
+    empty: list[str] = []  # tenants with no manifest yet
     for tenant, target in targets:
-        result = anyio.run(verify_destination, target)
+        try:
+            result = anyio.run(verify_destination, target)
+        except NothingArchived:
+            if tenant is None:
+                raise
+            empty.append(tenant)
+            continue
         for problem in result.problems:
             print(f"tenant {tenant}: {problem}" if tenant else problem)
         checked += result.checked
         problems += len(result.problems)
+    if len(empty) == len(targets):
+        raise NothingArchived(config.destination)
+    for tenant in empty:
+        print(f"tenant {tenant}: nothing archived yet (no manifest)")
     print(f"verified {checked} objects: {problems} problem{'' if problems == 1 else 's'}")
     return EXIT_FAILED if problems else EXIT_OK
 

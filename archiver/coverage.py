@@ -379,10 +379,18 @@ def retention_text(report: Coverage) -> str:
     if report.oldest_behind is None or report.margin_days is None:
         return f"nothing behind ({retention})"
     days = report.margin_days
-    oldest = span_text(report.oldest_behind, report.oldest_behind + report.length)
+    oldest = span_text(report.oldest_behind, report.oldest_behind + DAY)
+    if report.length != DAY:
+        oldest = _moment(report.oldest_behind)
     if days < 0:
-        return f"{-days} days past {retention} for {oldest}, the oldest window not archived"
-    return f"{days} days left before {retention} reaches {oldest}, the oldest window not archived"
+        return (
+            f"{-days} day{'' if days == -1 else 's'} past {retention} for {oldest}, the "
+            "oldest window not archived"
+        )
+    return (
+        f"{days} day{'' if days == 1 else 's'} left before {retention} reaches {oldest}, "
+        "the oldest window not archived"
+    )
 
 
 # ---------------------------------------------------------------- the calendar

@@ -155,7 +155,7 @@ def _check_refused(ranges: list[tuple[str, str]], call: _Call) -> None:
     will not serve, for tests of failed windows)."""
     for low, high in ranges:
         if parse_datetime(low) <= call.low < parse_datetime(high):
-            raise _bad_request(f"The range from '{call.from_text}' cannot be served.")
+            raise _bad_request("The requested range cannot be served.")
 
 
 # --- pages and nextLinks ---------------------------------------------------------------
