@@ -309,7 +309,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("  " + _counts(kind, s))
         if kind in worst:
             days, tenant_id = worst[kind]
-            print(f"      {'retention':10} {days} days at most (tenant {tenant_id})")
+            print(f"      {'retention':10} least margin {days} days (tenant {tenant_id})")
     _draw(
         [
             (f"tenant {tenant.tenant_id} {kind.value}", c)

@@ -10,6 +10,7 @@ import os
 import pty
 import re
 import subprocess
+import sys
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -281,6 +282,19 @@ def test_no_calendar_when_piped(recent: dict[str, str]) -> None:
     assert not [line for line in done.stdout.splitlines() if re.match(r"\d{4}-\d\d ", line)]
     assert "archived  ▒ partial" not in done.stdout
     assert done.stdout.startswith(f"destination: {recent['ARCHIVER_DESTINATION']}\n")
+
+
+def test_rich_is_imported_only_to_draw(recent: dict[str, str]) -> None:
+    """The terminal library is loaded only when a calendar is drawn: not by other commands,
+    not by a piped `status`."""
+    code = (
+        "import sys; from archiver.cli import main; code = main(['status']); "
+        "sys.stderr.write(repr((code, 'rich' in sys.modules)))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=recent, capture_output=True, text=True, check=False
+    )
+    assert "(0, False)" == done.stderr
 
 
 # --- nothing archived ---------------------------------------------------------------------
