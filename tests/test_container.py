@@ -295,6 +295,6 @@ def test_tenants_job_shards_the_tenants_by_the_pod_index() -> None:
     assert shards == spec["completions"]
     configs = [load({}, {**env, "JOB_COMPLETION_INDEX": str(i)}) for i in range(shards)]
     shares = [[t.tenant_id for t in config.share()] for config in configs]
-    assert sorted(sum(shares, [])) == sorted(env["ARCHIVER_TENANTS"].split(","))
+    assert sorted(t for s in shares for t in s) == sorted(env["ARCHIVER_TENANTS"].split(","))
     [rule] = spec["podFailurePolicy"]["rules"]
     assert ("FailIndex", [2]) == (rule["action"], rule["onExitCodes"]["values"])
