@@ -151,11 +151,11 @@ class Coverage:
     def calendar(self, months: int = CALENDAR_MONTHS) -> list[tuple[date, list[Day | None]]]:
         """One row per month (its first day and a cell per day), the last `months` months
         up to the newest one with anything to show (never past the current month)."""
-        marked = sorted(self._done | self._failed | self._asked)
+        marked = self._done | self._failed | self._asked
         if not marked:
             return []
-        last = min(marked[-1], self.now).date().replace(day=1)
-        first = max(marked[0].date().replace(day=1), _add_months(last, 1 - months))
+        last = min(max(marked), self.now).date().replace(day=1)
+        first = max(min(marked).date().replace(day=1), _add_months(last, 1 - months))
         rows = []
         month = first
         while month <= last:
@@ -177,7 +177,7 @@ def coverage(manifest: Manifest, config: Config, now: datetime) -> dict[Kind, Co
             [r for r in manifest.records.values() if r.kind is kind],
             _planned_ranges(manifest.plans, kind),
             length,
-            config.start if kind in config.kinds else None,
+            config.start,
             kind in config.kinds,
             now - config.settle,
             now,

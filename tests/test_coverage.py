@@ -1,7 +1,8 @@
 """`archiver status`'s coverage report on a real archive made through the emulator: the
 text and the JSON of an archive with a failed range, gaps and a pending range; the
 calendar on a pseudo-terminal and its absence when piped; one answer for a destination
-without a manifest, from `status` and `verify` alike, and per tenant."""
+without a manifest, from `status` and `verify` alike, and per tenant; and the report's
+rules for windows shorter than a day, on records made by hand."""
 
 from __future__ import annotations
 
@@ -21,9 +22,10 @@ from helpers import archiver_command, archiver_env, backfill
 from archiver import cli
 from archiver.cli import main
 from archiver.coverage import SYMBOLS, Day, calendar_column
+from archiver.coverage import report as coverage_report
 from archiver.emulator import Emulator
 from archiver.kinds import Kind
-from archiver.manifest import Manifest
+from archiver.manifest import KindSummary, Manifest, Record, State
 from archiver.store import LocalStore
 
 pytestmark = pytest.mark.emulator(rows_per_day={Kind.PSTN: 3, Kind.DIRECT_ROUTING: 2})
@@ -346,3 +348,56 @@ def test_a_tenant_without_manifest_is_shown_and_skipped(
         "tenant t-2: nothing archived yet (no manifest)",
         "verified 1 objects: 0 problems",
     ] == capsys.readouterr().out.splitlines()
+
+
+# --- the report's rules, on records made by hand ------------------------------------------
+
+
+def test_hourly_windows_read_as_instants_and_only_equal_errors_merge() -> None:
+    """With hourly windows, ranges that are not whole days read as UTC instants; failed
+    windows merge only while their error (less the window's own name) is the same; a day
+    with some windows archived and the rest missing is partial."""
+    hour = timedelta(hours=1)
+    base = datetime(2024, 3, 1, tzinfo=UTC)
+
+    def record(i: int, error: str | None = None) -> Record:
+        start = base + i * hour
+        window = f"pstn {start:%Y-%m-%dT%H:%M:%SZ}..{start + hour:%Y-%m-%dT%H:%M:%SZ}"
+        return Record(
+            Kind.PSTN,
+            start,
+            start + hour,
+            State.FAILED if error else State.DONE,
+            NOW,
+            error=f"{window}: {error}" if error else None,
+        )
+
+    records = [record(i) for i in range(6)]
+    records += [record(6, "boom"), record(7, "boom"), record(8, "other")]
+    records += [record(i) for i in range(10, 14)]
+    report = coverage_report(
+        Kind.PSTN,
+        KindSummary(),
+        records,
+        [(base, base + 20 * hour)],
+        hour,
+        None,
+        False,
+        base + 20 * hour,
+        base + 21 * hour,
+    )
+    assert "2024-03-01T10:00Z → 2024-03-01T14:00Z" == str(report.complete)
+    assert [
+        ("2024-03-01T06:00Z → 2024-03-01T08:00Z", 2, "boom"),
+        ("2024-03-01T08:00Z → 2024-03-01T09:00Z", 1, "other"),
+    ] == [(str(s), s.windows, s.error) for s in report.failed]
+    assert ["2024-03-01T09:00Z → 2024-03-01T10:00Z", "2024-03-01T14:00Z → 2024-03-01T20:00Z"] == [
+        str(s) for s in report.gaps
+    ]
+    assert Day.FAILED == report.day(base.date())
+    assert [Day.ARCHIVED, Day.PARTIAL] == [
+        coverage_report(
+            Kind.PSTN, KindSummary(), [record(i) for i in range(n)], [], hour, None, False, NOW, NOW
+        ).day(base.date())
+        for n in (24, 5)
+    ]
