@@ -20,9 +20,17 @@ import anyio
 
 from archiver import __version__, log
 from archiver.config import Config, load
-from archiver.errors import ArchiverError, StopRun, UsageError, internal_error, leaves
+from archiver.coverage import Coverage, coverage, draw_calendars, lines
+from archiver.errors import (
+    ArchiverError,
+    NothingArchived,
+    StopRun,
+    UsageError,
+    internal_error,
+    leaves,
+)
 from archiver.kinds import Kind
-from archiver.manifest import KindSummary, Record
+from archiver.manifest import KindSummary, Record, utcnow
 from archiver.options import add_config_flags
 from archiver.pipeline import RunResult, Shared, backfill, backfill_tenant, open_destination
 from archiver.progress import Progress
@@ -225,69 +233,122 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Print the manifest's summary per kind (per tenant, and in total, with tenants)."""
+    """Print the coverage report per kind (per tenant, and in total, with tenants); on a
+    terminal, a calendar of days too. A destination with no manifest is refused (exit 2);
+    with tenants, a tenant without one is shown as having nothing archived yet."""
     config = _load(args)
+    now = utcnow()
 
-    async def summary(destination: Config) -> dict[Kind, KindSummary]:
-        _, manifest = await open_destination(destination)
-        return manifest.summary()
+    async def read(target: Config) -> tuple[str, bool, dict[Kind, Coverage]]:
+        store, manifest = await open_destination(target)
+        return store.description, manifest.holds_archive, coverage(manifest, target, now)
 
     if not config.tenants:
-        kinds = anyio.run(summary, config)
+        where, holds, kinds = anyio.run(read, config)
+        if not holds:
+            raise NothingArchived(where)
         if args.json:
-            shown = {kind.value: s.to_json() for kind, s in kinds.items()}
+            shown = {kind.value: c.to_json() for kind, c in kinds.items()}
             print(json.dumps({"destination": config.destination, "kinds": shown}, indent=2))
-        else:
-            print(f"destination: {config.destination}")
-            _print_kinds(kinds)
+            return EXIT_OK
+        print(f"destination: {config.destination}")
+        _print_kinds(kinds)
+        _draw([(kind.value, c) for kind, c in kinds.items()])
         return EXIT_OK
 
-    async def every_tenant() -> list[dict[Kind, KindSummary]]:
-        return [await summary(config.for_tenant(t)) for t in config.share()]
+    async def every_tenant() -> list[tuple[str, bool, dict[Kind, Coverage]]]:
+        return [await read(config.for_tenant(t)) for t in config.share()]
 
-    per_tenant = dict(zip(config.share(), anyio.run(every_tenant), strict=True))
+    per_tenant = {
+        tenant: (holds, kinds)
+        for tenant, (_, holds, kinds) in zip(config.share(), anyio.run(every_tenant), strict=True)
+    }
+    if per_tenant and not any(holds for holds, _ in per_tenant.values()):
+        raise NothingArchived(config.destination)
     total: dict[Kind, KindSummary] = {}
-    for kinds in per_tenant.values():
-        for kind, s in kinds.items():
-            total.setdefault(kind, KindSummary()).add(s)
+    margins: dict[Kind, list[tuple[int, str]]] = {}  # per kind: (margin, tenant id)
+    for tenant, (_, kinds) in per_tenant.items():
+        for kind, c in kinds.items():
+            total.setdefault(kind, KindSummary()).add(c.summary)
+            if c.margin_days is not None:
+                margins.setdefault(kind, []).append((c.margin_days, tenant.tenant_id))
+    worst = {kind: min(found) for kind, found in margins.items()}
     if args.json:
         document = {
             "destination": config.destination,
-            "kinds": {kind.value: s.to_json() for kind, s in total.items()},
+            "kinds": {
+                kind.value: s.to_json()
+                | {
+                    "newest_window_age_seconds": int((now - s.newest_window).total_seconds())
+                    if s.newest_window
+                    else None,
+                    "retention_margin_days": worst[kind][0] if kind in worst else None,
+                }
+                for kind, s in total.items()
+            },
             "tenants": {
                 tenant.tenant_id: {
                     "name": tenant.name,
                     "destination": config.for_tenant(tenant).destination,
-                    "kinds": {kind.value: s.to_json() for kind, s in kinds.items()},
+                    "nothing_archived": not holds,
+                    "kinds": {kind.value: c.to_json() for kind, c in kinds.items()},
                 }
-                for tenant, kinds in per_tenant.items()
+                for tenant, (holds, kinds) in per_tenant.items()
             },
         }
         print(json.dumps(document, indent=2))
         return EXIT_OK
     print(f"destination: {config.destination} ({len(per_tenant)} tenants)")
-    for tenant, kinds in per_tenant.items():
+    for tenant, (holds, kinds) in per_tenant.items():
         print(f"tenant {tenant.tenant_id}" + (f" ({tenant.name})" if tenant.name else ""))
-        _print_kinds(kinds, indent="  ")
+        if holds:
+            _print_kinds(kinds, indent="  ")
+        else:
+            print("  nothing archived yet (no manifest)")
     print("all tenants")
-    _print_kinds(total, indent="  ")
+    for kind, s in total.items():
+        print("  " + _counts(kind, s))
+        if kind in worst:
+            days, tenant_id = worst[kind]
+            print(f"      {'retention':10} least margin {days} days (tenant {tenant_id})")
+    _draw(
+        [
+            (f"tenant {tenant.tenant_id} {kind.value}", c)
+            for tenant, (holds, kinds) in per_tenant.items()
+            if holds
+            for kind, c in kinds.items()
+        ]
+    )
     return EXIT_OK
 
 
-def _print_kinds(kinds: dict[Kind, KindSummary], indent: str = "") -> None:
-    for kind, summary in kinds.items():
-        s = summary.to_json()
-        print(
-            f"{indent}{kind.value:15} done {s['done']:>6}  failed {s['failed']:>4}  "
-            f"pending {s['pending']:>6}  rows {s['rows']:>12,}  bytes {s['bytes']:>14,}"
-            f"  last success {s['last_success'] or '-'}"
-        )
-        for failure in s["failures"][:10]:
-            print(f"{indent}    failed {failure}")
+def _counts(kind: Kind, summary: KindSummary) -> str:
+    """Today's one line of counts for a kind."""
+    s = summary.to_json()
+    return (
+        f"{kind.value:15} done {s['done']:>6}  failed {s['failed']:>4}  "
+        f"pending {s['pending']:>6}  rows {s['rows']:>12,}  bytes {s['bytes']:>14,}"
+        f"  last success {s['last_success'] or '-'}"
+    )
+
+
+def _print_kinds(kinds: dict[Kind, Coverage], indent: str = "") -> None:
+    for kind, report in kinds.items():
+        print(indent + _counts(kind, report.summary))
+        for line in lines(report):
+            print(f"{indent}    {line}")
+
+
+def _draw(sections: list[tuple[str, Coverage]]) -> None:
+    """The calendar, on a terminal only: piped output stays plain lines."""
+    if sys.stdout.isatty():
+        sys.stdout.flush()
+        draw_calendars(sections, sys.stdout)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    """Re-read every archived object and compare it with the manifest (of every tenant)."""
+    """Re-read every archived object and compare it with the manifest (of every tenant; a
+    tenant with no manifest yet is named and skipped, as `status` shows it)."""
     from archiver.verify import verify_destination
 
     config = _load(args)
@@ -295,12 +356,23 @@ def cmd_verify(args: argparse.Namespace) -> int:
         (t.tenant_id, config.for_tenant(t)) for t in config.share()
     ] or [(None, config)]
     checked = problems = 0
+    empty: list[str] = []  # tenants with no manifest yet
     for tenant, target in targets:
-        result = anyio.run(verify_destination, target)
+        try:
+            result = anyio.run(verify_destination, target)
+        except NothingArchived:
+            if tenant is None:
+                raise
+            empty.append(tenant)
+            continue
         for problem in result.problems:
             print(f"tenant {tenant}: {problem}" if tenant else problem)
         checked += result.checked
         problems += len(result.problems)
+    if len(empty) == len(targets):
+        raise NothingArchived(config.destination)
+    for tenant in empty:
+        print(f"tenant {tenant}: nothing archived yet (no manifest)")
     print(f"verified {checked} objects: {problems} problem{'' if problems == 1 else 's'}")
     return EXIT_FAILED if problems else EXIT_OK
 
@@ -366,8 +438,12 @@ def build_parser() -> argparse.ArgumentParser:
     status_cmd = commands.add_parser(
         "status",
         help="what is archived, per log (and tenant)",
-        description="What the manifest says is archived, failed and pending, per log "
-        "(and per tenant, and in total). Asks Graph nothing.",
+        description="Is the archive complete, and since when? Per log (and per tenant, and "
+        "in total): the span archived without a gap, gaps and failed windows as ranges "
+        "with their errors, what is planned and pending, the newest window and its age, "
+        "and the days left before Microsoft's retention reaches the oldest window not "
+        "archived. On a terminal, a calendar of the last 13 months (one cell a day). "
+        "Asks Graph nothing; exit 2 where nothing is archived.",
         usage="archiver status [--json] [options]",
     )
     status_cmd.add_argument("--json", action="store_true", help="machine-readable output")

@@ -340,6 +340,12 @@ class Manifest:
         self._journal.update(dict.fromkeys(read.journal))
         self._snapshot_etag = read.snapshot_etag
 
+    @property
+    def holds_archive(self) -> bool:
+        """False for a destination nothing was ever archived into (no settings, no record,
+        no plan): `status` and `verify` refuse it alike."""
+        return self.window is not None or bool(self.records) or bool(self.plans)
+
     # ---------------------------------------------------------------- settings and plans
 
     def check_window(self, length: timedelta) -> None:

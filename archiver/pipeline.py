@@ -26,6 +26,7 @@ from archiver.auth import TokenProvider
 from archiver.config import Config
 from archiver.errors import (
     ArchiverError,
+    NothingArchived,
     StopRun,
     UsageError,
     WindowError,
@@ -82,6 +83,15 @@ async def open_destination(config: Config) -> tuple[Store, Manifest]:
     await anyio.to_thread.run_sync(store.check)
     manifest = Manifest(store)
     await manifest.load()
+    return store, manifest
+
+
+async def open_archive(config: Config) -> tuple[Store, Manifest]:
+    """`open_destination` for the commands that read an archive (`status`, `verify`): a
+    destination that holds no manifest raises NothingArchived, one line for both."""
+    store, manifest = await open_destination(config)
+    if not manifest.holds_archive:
+        raise NothingArchived(store.description)
     return store, manifest
 
 

@@ -36,11 +36,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from archiver.config import Config
-from archiver.errors import UsageError, WindowError
+from archiver.errors import WindowError
 from archiver.kinds import Kind
 from archiver.manifest import Manifest, Record, RecordId
 from archiver.parquet import sha256_file
-from archiver.pipeline import open_destination
+from archiver.pipeline import open_archive
 from archiver.store import Store
 
 log = logging.getLogger(__name__)
@@ -340,8 +340,7 @@ async def verify(store: Store, manifest: Manifest, concurrency: int = CONCURRENC
 
 
 async def verify_destination(config: Config) -> Report:
-    """Open the configured destination and verify it (UsageError if it holds no archive)."""
-    store, manifest = await open_destination(config)
-    if manifest.window is None and not manifest.records:
-        raise UsageError(f"destination {store.description}: nothing archived here (no manifest)")
+    """Open the configured destination and verify it (NothingArchived if it holds no
+    manifest)."""
+    store, manifest = await open_archive(config)
     return await verify(store, manifest, config.concurrency)

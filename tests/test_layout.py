@@ -12,7 +12,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "archiver"
 ORDER = [
     "kinds", "errors", "log", "windows", "config", "options", "metrics", "ratelimit", "auth",
     "graph", "schema", "parquet", "reconcile", "store", "manifest", "lease", "spool", "archive",
-    "pipeline", "continuous", "tenants", "verify", "progress", "demo", "cli", "__main__",
+    "pipeline", "continuous", "coverage", "tenants", "verify", "progress", "demo", "cli",
+    "__main__",
 ]  # fmt: skip
 
 

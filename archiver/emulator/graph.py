@@ -12,7 +12,8 @@ days are refused with 406 where Graph limits them (all but Direct Routing). The 
 namespace-qualified names (`microsoft.graph.callRecords.getPstnCalls(...)`) are accepted
 too. Each request goes through, in order: auth (401), permission or a revoked tenant
 (403), the token's tenant's rate cap (429 "cap"), random faults, latency, then parsing
-and serving that tenant's rows (faults.py supplies the misbehaviour).
+(400 also for a range the config's `refused_ranges` names) and serving that tenant's
+rows (faults.py supplies the misbehaviour).
 """
 
 from __future__ import annotations
@@ -149,6 +150,14 @@ def _parse_call(request: web.Request, version: str, segment: str) -> _Call:
     )
 
 
+def _check_refused(ranges: list[tuple[str, str]], call: _Call) -> None:
+    """400 for a call whose fromDateTime lies in one of `refused_ranges` (a window Graph
+    will not serve, for tests of failed windows)."""
+    for low, high in ranges:
+        if parse_datetime(low) <= call.low < parse_datetime(high):
+            raise _bad_request("The requested range cannot be served.")
+
+
 # --- pages and nextLinks ---------------------------------------------------------------
 
 
@@ -237,6 +246,7 @@ async def handle(
 
     try:
         call = _parse_call(request, version, segment)
+        _check_refused(config.refused_ranges, call)
     except _BadCall as bad:
         response: web.Response = bad.response
     else:

@@ -74,6 +74,10 @@ class EmulatorConfig:
     tenant_clients: dict[str, tuple[str, str]] = field(default_factory=dict)
     # Per tenant, its own rate_cap_per_minute.
     tenant_rate_caps: dict[str, int] = field(default_factory=dict)
+    # Call-start ranges (from, to), ISO-8601, that Graph refuses with 400 (every kind, every
+    # tenant): a request whose fromDateTime lies in [from, to) fails, so exactly the
+    # windows starting there fail and the others are served.
+    refused_ranges: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
