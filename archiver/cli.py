@@ -12,21 +12,45 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import NoReturn
 
 import anyio
 
 from archiver import __version__, log
-from archiver.config import PARSERS, SECRET_KEYS, Config, load
-from archiver.errors import ArchiverError, StopRun, UsageError, internal_error, leaves
+from archiver.config import Config, load
+from archiver.coverage import Coverage, coverage, draw_calendars, lines
+from archiver.errors import (
+    ArchiverError,
+    NothingArchived,
+    StopRun,
+    UsageError,
+    internal_error,
+    leaves,
+)
 from archiver.kinds import Kind
-from archiver.manifest import KindSummary
-from archiver.pipeline import RunResult, backfill, open_destination
+from archiver.manifest import KindSummary, Record, utcnow
+from archiver.options import add_config_flags
+from archiver.pipeline import RunResult, Shared, backfill, backfill_tenant, open_destination
 from archiver.progress import Progress
+from archiver.tenants import Outcome, for_each_tenant
 from archiver.windows import parse_instant
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXAMPLES = """\
+examples:
+  archiver demo                         a sample week from the built-in Graph emulator
+  ARCHIVER_TENANT_ID=... ARCHIVER_CLIENT_ID=... ARCHIVER_CLIENT_SECRET=... \\
+    archiver backfill --start 2025-01-01 --end 2025-07-01 \\
+      --destination s3://call-records-archive/teams
+                                        half a year of both call logs into S3
+  archiver run --config /etc/archiver.toml
+                                        the container job: keep the archive current
+
+Every setting is a flag, an ARCHIVER_* variable or a key of the --config file (flag >
+environment > file); `archiver COMMAND --help` lists them with their defaults.
+"""
 EXIT_INTERRUPTED = 130  # backfill stopped by SIGTERM/SIGINT before its range was done
 
 
@@ -37,19 +61,6 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
-def _config_flags(parser: argparse.ArgumentParser, *own: str) -> None:
-    """`--config` and one flag per configuration key (secrets only from env or file).
-
-    `own` names keys whose flag the command uses for its own meaning (`backfill --start`).
-    """
-    group = parser.add_argument_group("configuration (flag > environment > --config file)")
-    group.add_argument("--config", metavar="FILE", help="TOML file (default: $ARCHIVER_CONFIG)")
-    for key in PARSERS:
-        if key not in SECRET_KEYS and key not in own:
-            flag = "--" + key.replace("_", "-")
-            group.add_argument(flag, dest=f"cfg_{key}", metavar="VALUE", help=argparse.SUPPRESS)
-
-
 def _load(args: argparse.Namespace) -> Config:
     flags = {
         name.removeprefix("cfg_"): value
@@ -58,7 +69,25 @@ def _load(args: argparse.Namespace) -> Config:
     }
     config = load(flags, config_file=args.config)
     log.configure(config.log_format)
-    return config
+    return _one_tenant(config, getattr(args, "tenant", None))
+
+
+def _one_tenant(config: Config, tenant_id: str | None) -> Config:
+    """`--tenant ID`: the configuration narrowed to that one of its tenants."""
+    if tenant_id is None:
+        return config
+    if not config.tenants:
+        raise UsageError(f"--tenant {tenant_id}: no tenants are configured")
+    for tenant in config.tenants:
+        if tenant.tenant_id.lower() == tenant_id.strip().lower():
+            return replace(config, tenants=(tenant,), shard=None, shards=None)
+    raise UsageError(f"--tenant {tenant_id}: not one of the configured tenants")
+
+
+def _tenant_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tenant", metavar="ID", help="with tenants: this one tenant only (default: all)"
+    )
 
 
 def _instant(flag: str, text: str) -> datetime:
@@ -82,6 +111,12 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     kinds = kinds or list(config.kinds)
     config.require_credentials()
     progress = Progress()
+    if config.tenants:
+        try:
+            outcomes = anyio.run(backfill_tenants, config, kinds, start, end, progress)
+        finally:
+            progress.close()
+        return report_tenants(outcomes, config.destination)
     try:
         result = anyio.run(
             backfill,
@@ -115,51 +150,231 @@ def report(result: RunResult, destination: str) -> int:
     return EXIT_FAILED if result.failed else EXIT_OK
 
 
+async def backfill_tenants(
+    config: Config, kinds: list[Kind], start: datetime, end: datetime, progress: Progress
+) -> list[Outcome]:
+    """`backfill` of every tenant of this process's share, each failing alone."""
+    planned: dict[int, int] = {}  # per tenant's RunResult: windows it set out to archive
+
+    def on_done(record: Record, so_far: RunResult) -> None:
+        planned[id(so_far)] = so_far.planned
+        progress.update(record, sum(planned.values()))
+
+    async def job(tenant_config: Config, shared: Shared) -> RunResult:
+        return await backfill_tenant(tenant_config, kinds, start, end, shared, None, on_done)
+
+    return await for_each_tenant(config, job)
+
+
+def report_tenants(outcomes: list[Outcome], destination: str) -> int:
+    """Print what a run of many tenants did, one line per tenant and per failure; exit 2
+    when every tenant was refused, 1 when any failed."""
+    if not outcomes:
+        print(f"no tenant of {destination} falls in this shard: nothing to do")
+        return EXIT_OK
+    results = [o.result for o in outcomes if o.result is not None]
+    archived = sum(len(r.archived) for r in results)
+    rows = sum(r.rows for r in results)
+    for outcome in outcomes:
+        tenant, result = outcome.tenant.tenant_id, outcome.result
+        if result is not None:
+            print(
+                f"tenant {tenant}: archived {len(result.archived)} windows, {result.rows:,} "
+                f"rows ({result.already} already archived, {len(result.failed)} failed, "
+                f"{result.requests} Graph requests)"
+            )
+            for window, error in result.failed:
+                print(f"FAILED tenant {tenant} {window}: {error}")
+        else:
+            print(f"FAILED tenant {tenant}: {outcome.error}")
+    print(
+        f"archived {archived} windows, {rows:,} rows of {len(outcomes)} tenants into {destination}"
+    )
+    failed = [o for o in outcomes if o.failed]
+    for outcome in failed:
+        why = (
+            outcome.error
+            or f"{len(outcome.result.failed if outcome.result else [])} windows failed"
+        )
+        print(f"archiver: tenant {outcome.tenant.tenant_id} failed: {why}", file=sys.stderr)
+    if all(o.refused for o in outcomes):
+        return EXIT_USAGE
+    if failed:
+        return EXIT_FAILED
+    if any(r.stopped for r in results):
+        print("stopped by a signal: run again to finish")
+        return EXIT_INTERRUPTED
+    return EXIT_OK
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Keep the archive current until SIGTERM/SIGINT."""
-    from archiver.continuous import run_forever
+    from archiver.continuous import keep_current, run_forever
 
     config = _load(args)
     config.require_credentials()
+    if config.tenants:
+
+        async def job(tenant_config: Config, shared: Shared) -> RunResult:
+            return await keep_current(tenant_config, shared)
+
+        outcomes = anyio.run(for_each_tenant, config, job)
+        failed = [o for o in outcomes if o.error is not None]
+        for outcome in failed:
+            print(
+                f"archiver: tenant {outcome.tenant.tenant_id} stopped: {outcome.error}",
+                file=sys.stderr,
+            )
+        if outcomes and all(o.refused for o in outcomes):
+            return EXIT_USAGE
+        return EXIT_FAILED if failed else EXIT_OK
     anyio.run(run_forever, config)
     return EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Print the manifest's summary per kind."""
+    """Print the coverage report per kind (per tenant, and in total, with tenants); on a
+    terminal, a calendar of days too. A destination with no manifest is refused (exit 2);
+    with tenants, a tenant without one is shown as having nothing archived yet."""
     config = _load(args)
+    now = utcnow()
 
-    async def summary() -> dict[Kind, KindSummary]:
-        _, manifest = await open_destination(config)
-        return manifest.summary()
+    async def read(target: Config) -> tuple[str, bool, dict[Kind, Coverage]]:
+        store, manifest = await open_destination(target)
+        return store.description, manifest.holds_archive, coverage(manifest, target, now)
 
-    result = {kind.value: s.to_json() for kind, s in anyio.run(summary).items()}
-    if args.json:
-        print(json.dumps({"destination": config.destination, "kinds": result}, indent=2))
+    if not config.tenants:
+        where, holds, kinds = anyio.run(read, config)
+        if not holds:
+            raise NothingArchived(where)
+        if args.json:
+            shown = {kind.value: c.to_json() for kind, c in kinds.items()}
+            print(json.dumps({"destination": config.destination, "kinds": shown}, indent=2))
+            return EXIT_OK
+        print(f"destination: {config.destination}")
+        _print_kinds(kinds)
+        _draw([(kind.value, c) for kind, c in kinds.items()])
         return EXIT_OK
-    print(f"destination: {config.destination}")
-    for kind, s in result.items():
-        print(
-            f"{kind:15} done {s['done']:>6}  failed {s['failed']:>4}  pending {s['pending']:>6}"
-            f"  rows {s['rows']:>12,}  bytes {s['bytes']:>14,}"
-            f"  last success {s['last_success'] or '-'}"
-        )
-        for failure in s["failures"][:10]:
-            print(f"    failed {failure}")
+
+    async def every_tenant() -> list[tuple[str, bool, dict[Kind, Coverage]]]:
+        return [await read(config.for_tenant(t)) for t in config.share()]
+
+    per_tenant = {
+        tenant: (holds, kinds)
+        for tenant, (_, holds, kinds) in zip(config.share(), anyio.run(every_tenant), strict=True)
+    }
+    if per_tenant and not any(holds for holds, _ in per_tenant.values()):
+        raise NothingArchived(config.destination)
+    total: dict[Kind, KindSummary] = {}
+    margins: dict[Kind, list[tuple[int, str]]] = {}  # per kind: (margin, tenant id)
+    for tenant, (_, kinds) in per_tenant.items():
+        for kind, c in kinds.items():
+            total.setdefault(kind, KindSummary()).add(c.summary)
+            if c.margin_days is not None:
+                margins.setdefault(kind, []).append((c.margin_days, tenant.tenant_id))
+    worst = {kind: min(found) for kind, found in margins.items()}
+    if args.json:
+        document = {
+            "destination": config.destination,
+            "kinds": {
+                kind.value: s.to_json()
+                | {
+                    "newest_window_age_seconds": int((now - s.newest_window).total_seconds())
+                    if s.newest_window
+                    else None,
+                    "retention_margin_days": worst[kind][0] if kind in worst else None,
+                }
+                for kind, s in total.items()
+            },
+            "tenants": {
+                tenant.tenant_id: {
+                    "name": tenant.name,
+                    "destination": config.for_tenant(tenant).destination,
+                    "nothing_archived": not holds,
+                    "kinds": {kind.value: c.to_json() for kind, c in kinds.items()},
+                }
+                for tenant, (holds, kinds) in per_tenant.items()
+            },
+        }
+        print(json.dumps(document, indent=2))
+        return EXIT_OK
+    print(f"destination: {config.destination} ({len(per_tenant)} tenants)")
+    for tenant, (holds, kinds) in per_tenant.items():
+        print(f"tenant {tenant.tenant_id}" + (f" ({tenant.name})" if tenant.name else ""))
+        if holds:
+            _print_kinds(kinds, indent="  ")
+        else:
+            print("  nothing archived yet (no manifest)")
+    print("all tenants")
+    for kind, s in total.items():
+        print("  " + _counts(kind, s))
+        if kind in worst:
+            days, tenant_id = worst[kind]
+            print(f"      {'retention':10} least margin {days} days (tenant {tenant_id})")
+    _draw(
+        [
+            (f"tenant {tenant.tenant_id} {kind.value}", c)
+            for tenant, (holds, kinds) in per_tenant.items()
+            if holds
+            for kind, c in kinds.items()
+        ]
+    )
     return EXIT_OK
 
 
+def _counts(kind: Kind, summary: KindSummary) -> str:
+    """Today's one line of counts for a kind."""
+    s = summary.to_json()
+    return (
+        f"{kind.value:15} done {s['done']:>6}  failed {s['failed']:>4}  "
+        f"pending {s['pending']:>6}  rows {s['rows']:>12,}  bytes {s['bytes']:>14,}"
+        f"  last success {s['last_success'] or '-'}"
+    )
+
+
+def _print_kinds(kinds: dict[Kind, Coverage], indent: str = "") -> None:
+    for kind, report in kinds.items():
+        print(indent + _counts(kind, report.summary))
+        for line in lines(report):
+            print(f"{indent}    {line}")
+
+
+def _draw(sections: list[tuple[str, Coverage]]) -> None:
+    """The calendar, on a terminal only: piped output stays plain lines."""
+    if sys.stdout.isatty():
+        sys.stdout.flush()
+        draw_calendars(sections, sys.stdout)
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
-    """Re-read every archived object and compare it with the manifest."""
+    """Re-read every archived object and compare it with the manifest (of every tenant; a
+    tenant with no manifest yet is named and skipped, as `status` shows it)."""
     from archiver.verify import verify_destination
 
     config = _load(args)
-    result = anyio.run(verify_destination, config)
-    for problem in result.problems:
-        print(problem)
-    count = len(result.problems)
-    print(f"verified {result.checked} objects: {count} problem{'' if count == 1 else 's'}")
-    return EXIT_FAILED if result.problems else EXIT_OK
+    targets: list[tuple[str | None, Config]] = [
+        (t.tenant_id, config.for_tenant(t)) for t in config.share()
+    ] or [(None, config)]
+    checked = problems = 0
+    empty: list[str] = []  # tenants with no manifest yet
+    for tenant, target in targets:
+        try:
+            result = anyio.run(verify_destination, target)
+        except NothingArchived:
+            if tenant is None:
+                raise
+            empty.append(tenant)
+            continue
+        for problem in result.problems:
+            print(f"tenant {tenant}: {problem}" if tenant else problem)
+        checked += result.checked
+        problems += len(result.problems)
+    if len(empty) == len(targets):
+        raise NothingArchived(config.destination)
+    for tenant in empty:
+        print(f"tenant {tenant}: nothing archived yet (no manifest)")
+    print(f"verified {checked} objects: {problems} problem{'' if problems == 1 else 's'}")
+    return EXIT_FAILED if problems else EXIT_OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -172,11 +387,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line."""
-    parser = _Parser(prog="archiver", description=__doc__.splitlines()[0])
+    parser = _Parser(
+        prog="archiver",
+        description=(
+            "Copy Microsoft Graph's call logs (PSTN, Direct Routing, SMS, PSTN blocked "
+            "users) into a folder or S3 as partitioned Parquet, exactly once, with a "
+            "manifest of what is archived."
+        ),
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"archiver {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    backfill_cmd = commands.add_parser("backfill", help="archive a range of call start times")
+    backfill_cmd = commands.add_parser(
+        "backfill",
+        help="archive a range of call start times",
+        description="Archive every window of [--start, --end) not archived yet; a re-run "
+        "asks Graph nothing for what is done. Exit 0 done, 1 some windows failed, 2 bad "
+        "configuration or credentials, 130 stopped by a signal.",
+        usage="archiver backfill --start S --end E [--kind K ...] [options]",
+    )
     backfill_cmd.add_argument("--start", required=True, help="YYYY-MM-DD or ISO-8601, UTC")
     backfill_cmd.add_argument("--end", required=True, help="exclusive end, same forms")
     backfill_cmd.add_argument(
@@ -188,27 +419,58 @@ def build_parser() -> argparse.ArgumentParser:
             "`kinds` setting (pstn and direct_routing)"
         ),
     )
-    _config_flags(backfill_cmd, "start")
+    _tenant_flag(backfill_cmd)
+    add_config_flags(backfill_cmd, "backfill", "start")
     backfill_cmd.set_defaults(handler=cmd_backfill)
 
-    run_cmd = commands.add_parser("run", help="keep the archive current, until SIGTERM")
-    _config_flags(run_cmd)
+    run_cmd = commands.add_parser(
+        "run",
+        help="keep the archive current, until SIGTERM",
+        description="The container job: forever, archive each window once it has been "
+        "closed for `settle`, re-archive young windows for late rows, sleep without "
+        "asking Graph in between; SIGTERM/SIGINT stop it gracefully (exit 0).",
+        usage="archiver run [options]",
+    )
+    _tenant_flag(run_cmd)
+    add_config_flags(run_cmd, "run")
     run_cmd.set_defaults(handler=cmd_run)
 
-    status_cmd = commands.add_parser("status", help="what the manifest says")
+    status_cmd = commands.add_parser(
+        "status",
+        help="what is archived, per log (and tenant)",
+        description="Is the archive complete, and since when? Per log (and per tenant, and "
+        "in total): the span archived without a gap, gaps and failed windows as ranges "
+        "with their errors, what is planned and pending, the newest window and its age, "
+        "and the days left before Microsoft's retention reaches the oldest window not "
+        "archived. On a terminal, a calendar of the last 13 months (one cell a day). "
+        "Asks Graph nothing; exit 2 where nothing is archived.",
+        usage="archiver status [--json] [options]",
+    )
     status_cmd.add_argument("--json", action="store_true", help="machine-readable output")
-    _config_flags(status_cmd)
+    _tenant_flag(status_cmd)
+    add_config_flags(status_cmd, "status")
     status_cmd.set_defaults(handler=cmd_status)
 
     verify_cmd = commands.add_parser(
-        "verify", help="re-read every archived object and compare it with the manifest"
+        "verify",
+        help="re-read every archived object and compare it with the manifest",
+        description="Re-read every archived object and check it against the manifest: "
+        "checksum, row count, each row once, nothing stray. Exit 0 good, 1 problems "
+        "found (each named), 2 nothing archived there.",
+        usage="archiver verify [options]",
     )
-    _config_flags(verify_cmd)
+    _tenant_flag(verify_cmd)
+    add_config_flags(verify_cmd, "verify")
     verify_cmd.set_defaults(handler=cmd_verify)
 
     demo_cmd = commands.add_parser("demo", help="archive a sample week from the built-in emulator")
     demo_cmd.add_argument("--dir", default="./archive-demo", help="where to write (./archive-demo)")
-    demo_cmd.add_argument("--log-format", choices=["auto", "text", "json"], default=None)
+    demo_cmd.add_argument(
+        "--log-format",
+        choices=["auto", "text", "json"],
+        default=None,
+        help="auto (text on a terminal, else JSON lines), text or json (default: auto)",
+    )
     demo_cmd.set_defaults(handler=cmd_demo)
     return parser
 

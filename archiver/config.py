@@ -8,9 +8,11 @@ turns that into a one-line `UsageError` that names the key and where it came fro
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -31,8 +33,31 @@ CLOUDS: dict[str, tuple[str, str]] = {
 }
 
 
+# A tenant id: a GUID or a verified domain (contoso.onmicrosoft.com), as Entra accepts in
+# its authority URL; it also names the tenant's folder (`tenant=<id>`), so nothing else.
+TENANT_ID = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
+CREDENTIAL_KEYS = ("client_secret", "client_certificate", "federated_token_file")
+TENANT_KEYS = frozenset({"tenant_id", "name", "client_id", *CREDENTIAL_KEYS})
 ALL_INTERFACES = "0.0.0.0"  # noqa: S104 - the metrics port must be reachable in a container
 DERIVED_KEYS = frozenset({"metrics_host"})  # Config fields set by another key's parser
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """One customer tenant of a multi-tenant deployment: its id and, where it has its own
+    app registration, its client and credential (else the top-level ones serve it)."""
+
+    tenant_id: str
+    name: str | None = None
+    client_id: str | None = None
+    client_secret: str | None = field(default=None, repr=False)
+    client_certificate: Path | None = None
+    federated_token_file: Path | None = None
+
+    @property
+    def has_credential(self) -> bool:
+        """Whether the tenant names a credential of its own."""
+        return any(getattr(self, key) for key in CREDENTIAL_KEYS)
 
 
 @dataclass(frozen=True)
@@ -69,20 +94,82 @@ class Config:
     sse_kms_key_id: str | None = None
     object_lock_mode: str | None = None
     object_lock_days: int | None = None
+    tenants: tuple[Tenant, ...] = ()  # many tenants, each under tenant=<id>/; () = one tenant
+    max_windows: int = 64  # windows in flight in the whole process, all tenants together
+    shard: tuple[int, int] | None = None  # (i, n): this process archives the i-th of n shares
+    shards: int | None = None  # n, with i from JOB_COMPLETION_INDEX (Kubernetes Indexed Job)
 
     def require_credentials(self) -> None:
-        """Raise UsageError unless a tenant, a client and one credential are configured."""
+        """Raise UsageError unless a tenant, a client and one credential are configured
+        (for every tenant, with `tenants`)."""
+        if self.tenants:
+            for tenant in self.tenants:
+                if not (tenant.client_id or self.client_id):
+                    raise UsageError(
+                        f"configuration: tenant {tenant.tenant_id}: no client_id (set one in "
+                        "its [[tenants]] table, or a top-level client_id / ARCHIVER_CLIENT_ID)"
+                    )
+                if not (tenant.has_credential or self.has_credential):
+                    raise UsageError(
+                        f"configuration: tenant {tenant.tenant_id}: no credential (set one in "
+                        "its [[tenants]] table, or ARCHIVER_CLIENT_SECRET, "
+                        "ARCHIVER_CLIENT_CERTIFICATE or AZURE_FEDERATED_TOKEN_FILE)"
+                    )
+            return
         for key in ("tenant_id", "client_id"):
             if not getattr(self, key):
                 raise UsageError(
                     f"configuration: {key} is required (set {ENV_NAMES[key][0]} or {key} "
                     "in the config file)"
                 )
-        if not (self.client_secret or self.client_certificate or self.federated_token_file):
+        if not self.has_credential:
             raise UsageError(
                 "configuration: no credential: set ARCHIVER_CLIENT_SECRET, "
                 "ARCHIVER_CLIENT_CERTIFICATE or AZURE_FEDERATED_TOKEN_FILE"
             )
+
+    @property
+    def has_credential(self) -> bool:
+        """Whether a top-level credential is configured."""
+        return any(getattr(self, key) for key in CREDENTIAL_KEYS)
+
+    def share(self) -> tuple[Tenant, ...]:
+        """The tenants this process archives: all of them, or its shard's share."""
+        if self.shard is None:
+            return self.tenants
+        index, count = self.shard
+        return tuple(t for t in self.tenants if shard_of(t.tenant_id, count) == index)
+
+    def for_tenant(self, tenant: Tenant) -> Config:
+        """The single-tenant Config that archives `tenant` under `<destination>/tenant=<id>/`:
+        its own client and credential where it names them, else the top-level ones."""
+        own = tenant.has_credential
+        return replace(
+            self,
+            tenant_id=tenant.tenant_id,
+            client_id=tenant.client_id or self.client_id,
+            client_secret=tenant.client_secret if own else self.client_secret,
+            client_certificate=tenant.client_certificate if own else self.client_certificate,
+            federated_token_file=(
+                tenant.federated_token_file if own else self.federated_token_file
+            ),
+            destination=tenant_destination(self.destination, tenant.tenant_id),
+            tenants=(),
+            shard=None,
+            shards=None,
+        )
+
+
+def shard_of(tenant_id: str, shards: int) -> int:
+    """The share (0 .. shards-1) a tenant belongs to: a hash of its id, so a tenant stays in
+    its share whatever other tenants are added or removed."""
+    digest = hashlib.sha256(tenant_id.lower().encode()).digest()
+    return int.from_bytes(digest[:8], "big") % shards
+
+
+def tenant_destination(destination: str, tenant_id: str) -> str:
+    """`<destination>/tenant=<id>`, for a folder or an s3:// address."""
+    return f"{destination.rstrip('/')}/tenant={tenant_id}"
 
 
 def _text(value: Any) -> str:
@@ -221,8 +308,69 @@ def _cloud(value: Any) -> str:
     return _choice(*CLOUDS)(text)
 
 
+def _tenant_id(value: Any) -> str:
+    text = _text(value)
+    if not TENANT_ID.fullmatch(text):
+        raise ValueError(f"{text!r} is not a tenant id (a GUID or a domain name)")
+    return text
+
+
+_TENANT_PARSERS: dict[str, Callable[[Any], Any]] = {
+    "tenant_id": _tenant_id,
+    "name": _text,
+    "client_id": _text,
+    "client_secret": _text,
+    "client_certificate": _file,
+    "federated_token_file": _file,
+}
+
+
+def _tenant(value: Any) -> Tenant:
+    """One `[[tenants]]` table, or a bare id."""
+    if not isinstance(value, dict):
+        return Tenant(_tenant_id(value))
+    unknown = sorted(set(value) - TENANT_KEYS)
+    if unknown:
+        raise ValueError(f"unknown key {unknown[0]!r} in a [[tenants]] table")
+    if "tenant_id" not in value:
+        raise ValueError("a [[tenants]] table without tenant_id")
+    parsed: dict[str, Any] = {}
+    for key, raw in value.items():
+        try:
+            parsed[key] = _TENANT_PARSERS[key](raw)
+        except ValueError as exc:
+            where = value["tenant_id"] if key != "tenant_id" else "?"
+            raise ValueError(f"tenant {where}: {key}: {exc}") from None
+    return Tenant(**parsed)
+
+
+def _tenants(value: Any) -> tuple[Tenant, ...]:
+    """Tenants as a comma-separated list of ids, or TOML `[[tenants]]` tables; each once."""
+    items = value if isinstance(value, list) else _text(value).split(",")
+    tenants = [_tenant(item.strip() if isinstance(item, str) else item) for item in items]
+    if not tenants:
+        raise ValueError("names no tenant")
+    seen: set[str] = set()
+    for tenant in tenants:
+        if tenant.tenant_id.lower() in seen:
+            raise ValueError(f"tenant {tenant.tenant_id} is listed twice")
+        seen.add(tenant.tenant_id.lower())
+    return tuple(tenants)
+
+
+def _shard(value: Any) -> tuple[int, int]:
+    """`i/n`: the i-th (from 0) of n shares of the tenants."""
+    index, sep, count = _text(value).partition("/")
+    if not (sep and index.strip().isdigit() and count.strip().isdigit()):
+        raise ValueError(f"{value!r} is not i/n (e.g. 0/4)")
+    i, n = int(index), int(count)
+    if not 0 <= i < n:
+        raise ValueError(f"{value!r}: i must be at least 0 and less than n")
+    return i, n
+
+
 PARSERS: dict[str, Callable[[Any], Any]] = {
-    "tenant_id": _text,
+    "tenant_id": _tenant_id,
     "client_id": _text,
     "client_secret": _text,
     "client_certificate": _file,
@@ -251,6 +399,10 @@ PARSERS: dict[str, Callable[[Any], Any]] = {
     "sse_kms_key_id": _text,
     "object_lock_mode": _optional_choice("GOVERNANCE", "COMPLIANCE"),
     "object_lock_days": _positive(int),
+    "tenants": _tenants,
+    "max_windows": _positive(int),
+    "shard": _shard,
+    "shards": _positive(int),
 }
 
 # Environment variables per key, first match wins (AKS workload identity injects AZURE_*).
@@ -262,6 +414,7 @@ ENV_NAMES: dict[str, tuple[str, ...]] = {key: (f"ARCHIVER_{key.upper()}",) for k
 }
 
 SECRET_KEYS = frozenset({"client_secret"})
+SHARD_INDEX = "JOB_COMPLETION_INDEX"  # set by Kubernetes in each pod of an Indexed Job
 
 assert set(PARSERS) == {f.name for f in fields(Config)} - DERIVED_KEYS, "every key needs a parser"
 
@@ -282,6 +435,8 @@ def load(
     if path:
         for key, value in _read_toml(path).items():
             raw[key] = (value, f"in {path}")
+        if "tenants" in raw and "tenant_id" in raw:  # before the environment can hide it
+            _check_tenant_keys(raw)
     for key, names in ENV_NAMES.items():
         for name in names:
             if environ.get(name, "").strip():
@@ -290,6 +445,7 @@ def load(
     for key, value in (flags or {}).items():
         if value is not None:
             raw[key] = (value, f"from --{key.replace('_', '-')}")
+    _check_tenant_keys(raw)
 
     values: dict[str, Any] = {}
     for key, (value, source) in raw.items():
@@ -297,6 +453,8 @@ def load(
             values[key] = PARSERS[key](value)
         except ValueError as exc:
             raise UsageError(f"configuration: {key} {source}: {exc}") from None
+    if "shards" in values:
+        values["shard"] = _shard_from_index(values["shards"], environ)
     if "metrics_port" in values:
         values["metrics_host"], values["metrics_port"] = values["metrics_port"]
     cloud = values.get("cloud", "global")
@@ -320,6 +478,40 @@ def _read_toml(path: str) -> dict[str, Any]:
     if unknown:
         raise UsageError(f"configuration: unknown key {unknown[0]!r} in {path}")
     return data
+
+
+def _check_tenant_keys(raw: dict[str, tuple[Any, str]]) -> None:
+    """Beside `tenants`, a tenant_id is a mistake, except AZURE_TENANT_ID (workload identity
+    injects it into every pod), which is ignored; shard and shards need tenants, and
+    exclude each other."""
+    if "tenants" in raw:
+        if "tenant_id" in raw:
+            source = raw["tenant_id"][1]
+            if source == "from AZURE_TENANT_ID":
+                del raw["tenant_id"]
+            else:
+                raise UsageError(
+                    f"configuration: tenant_id {source} beside tenants: give every tenant in "
+                    "tenants, or use tenant_id alone"
+                )
+    else:
+        for key in ("shard", "shards"):
+            if key in raw:
+                raise UsageError(f"configuration: {key} {raw[key][1]} needs tenants to share")
+    if "shard" in raw and "shards" in raw:
+        raise UsageError("configuration: set shard or shards, not both")
+
+
+def _shard_from_index(count: int, environ: Mapping[str, str]) -> tuple[int, int]:
+    """shards = n: this pod's share is JOB_COMPLETION_INDEX (an Indexed Job's pod index)."""
+    index = environ.get(SHARD_INDEX, "").strip()
+    if not index.isdigit() or int(index) >= count:
+        shown = repr(index) if index else "not set"
+        raise UsageError(
+            f"configuration: shards = {count} needs {SHARD_INDEX} from 0 to {count - 1} "
+            f"(a Kubernetes Indexed Job sets it); it is {shown}"
+        )
+    return int(index), count
 
 
 def _check_combinations(config: Config) -> None:

@@ -26,8 +26,10 @@ from archiver.manifest import Manifest
 from archiver.metrics import Metrics
 from archiver.pipeline import (
     RunResult,
+    Shared,
     Shutdown,
     open_destination,
+    process_scope,
     run_windows,
     working,
 )
@@ -110,14 +112,24 @@ async def run_forever(
     shutdown: Shutdown | None = None,
 ) -> RunResult:
     """Keep the archive current until a signal stops it; what the last round did."""
+    shutdown = shutdown or Shutdown(config.grace.total_seconds())
+    async with process_scope(config, shutdown) as shared:
+        return await keep_current(config, shared, clock)
+
+
+async def keep_current(
+    config: Config, shared: Shared, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+) -> RunResult:
+    """`run_forever` of one tenant's destination, inside a process shared with others."""
     store, manifest = await open_destination(config)
     manifest.check_window(config.window, config.table_format)
-    shutdown = shutdown or Shutdown(config.grace.total_seconds())
+    shutdown = shared.shutdown
     reported: set[Window] = set()  # windows past retention, reported once
     result = RunResult()
-    async with working(config, store, manifest, shutdown) as archiver:
+    async with working(config, store, manifest, shared) as archiver:
         while not shutdown.requested.is_set():
-            result = await one_round(archiver, Round(config, manifest, clock()), reported, shutdown)
+            now = Round(config, manifest, clock())
+            result = await one_round(archiver, now, reported, shutdown, shared.slots)
             await manifest.compact()
             archiver.show_manifest()
             wake = Round(config, manifest, clock()).next_wake()
@@ -172,12 +184,16 @@ def plan_round(now: Round, reported: set[Window], metrics: Metrics) -> list[Wind
 
 
 async def one_round(
-    archiver: Archiver, now: Round, reported: set[Window], shutdown: Shutdown
+    archiver: Archiver,
+    now: Round,
+    reported: set[Window],
+    shutdown: Shutdown,
+    slots: anyio.CapacityLimiter | None = None,
 ) -> RunResult:
     """Archive what is due and re-sweep what is young."""
     windows = plan_round(now, reported, archiver.metrics)
     result = RunResult(planned=len(windows))
     log.info("round: %d windows to archive", len(windows))
     if windows:
-        await run_windows(archiver, windows, result, shutdown, wanted=now.wants)
+        await run_windows(archiver, windows, result, shutdown, wanted=now.wants, slots=slots)
     return result

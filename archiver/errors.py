@@ -2,6 +2,7 @@
 
     ArchiverError
     ├── UsageError          bad command line, configuration or destination: exit 2, nothing written
+    │   └── NothingArchived a destination without a manifest, to `status` and `verify` alike
     ├── StopRun             the whole run cannot go on (e.g. a missing Graph permission): exit 2
     ├── LeaseLost           another worker took our window over: leave it to that worker
     └── WindowError         this window fails; the others go on, the run exits 1
@@ -25,6 +26,14 @@ class ArchiverError(Exception):
 
 class UsageError(ArchiverError):
     """Raised when the command line, configuration or destination is wrong (exit 2)."""
+
+
+class NothingArchived(UsageError):
+    """Raised when a destination holds no manifest: `status` and `verify` give the same
+    one line (exit 2); with tenants, a tenant that has none yet is shown and skipped."""
+
+    def __init__(self, description: str) -> None:
+        super().__init__(f"destination {description}: nothing archived here (no manifest)")
 
 
 class StopRun(ArchiverError):

@@ -1,7 +1,9 @@
 """Logging, configured once at the edge: readable text on a terminal, JSON lines otherwise.
 
 Modules log through `logging.getLogger(__name__)` and pass structured fields as
-`extra={"fields": {...}}`; the formatters render them. Libraries' records (botocore,
+`extra={"fields": {...}}`; the formatters render them, and the tenant whose work logged
+the line (`tenant_scope`: a context variable, so every task and worker thread a tenant's
+job starts carries it). Libraries' records (botocore,
 urllib3, msal, aiohttp) go through the same handler from WARNING up, never Python's
 last-resort one. An exception attached to a record is rendered as one line — its
 type, message and where it was raised — never as a traceback.
@@ -12,10 +14,31 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
 HANDLER_NAME = "archiver"
+_TENANT: ContextVar[str | None] = ContextVar("archiver_tenant", default=None)
+
+
+@contextmanager
+def tenant_scope(tenant: str) -> Iterator[None]:
+    """Every line logged inside (in tasks and threads started inside too) names `tenant`."""
+    token = _TENANT.set(tenant)
+    try:
+        yield
+    finally:
+        _TENANT.reset(token)
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    """The record's structured fields, the tenant first when there is one."""
+    fields: dict[str, Any] = getattr(record, "fields", {})
+    tenant = _TENANT.get()
+    return {"tenant": tenant, **fields} if tenant is not None else fields
 
 
 class JsonFormatter(logging.Formatter):
@@ -28,7 +51,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        entry.update(getattr(record, "fields", {}))
+        entry.update(_fields(record))
         if record.exc_info:
             entry["exception"] = one_line(record.exc_info[1])
         return json.dumps(entry, default=str, ensure_ascii=False)
@@ -39,7 +62,7 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         when = datetime.fromtimestamp(record.created, UTC).strftime("%H:%M:%S")
-        fields = getattr(record, "fields", {})
+        fields = _fields(record)
         tail = " ".join(f"{k}={v}" for k, v in fields.items())
         line = f"{when} {record.levelname.lower():7} {record.getMessage()}"
         if record.exc_info:

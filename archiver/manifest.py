@@ -187,6 +187,10 @@ def merge(old: Record | None, new: Record) -> Record:
     return new
 
 
+def _latest(a: datetime | None, b: datetime | None) -> datetime | None:
+    return max(a, b) if a and b else a or b
+
+
 @dataclass
 class KindSummary:
     """What the manifest says of one kind: read by `status`, `status --json` and metrics."""
@@ -199,6 +203,17 @@ class KindSummary:
     last_success: datetime | None = None  # when the newest DONE record was written
     newest_window: datetime | None = None  # end of the newest archived window
     failures: list[Record] = field(default_factory=list)  # FAILED records, oldest first
+
+    def add(self, other: KindSummary) -> None:
+        """Count `other` in too (the same kind of another tenant)."""
+        self.done += other.done
+        self.failed += other.failed
+        self.pending += other.pending
+        self.rows += other.rows
+        self.bytes += other.bytes
+        self.last_success = _latest(self.last_success, other.last_success)
+        self.newest_window = _latest(self.newest_window, other.newest_window)
+        self.failures = sorted(self.failures + other.failures, key=lambda r: r.start)
 
     def to_json(self) -> dict[str, Any]:
         """The form `status --json` prints (its keys and formats are a contract)."""
@@ -334,6 +349,12 @@ class Manifest:
         self.plans = read.plans + [p for p in self.plans if p not in read.plans]
         self._journal.update(dict.fromkeys(read.journal))
         self._snapshot_etag = read.snapshot_etag
+
+    @property
+    def holds_archive(self) -> bool:
+        """False for a destination nothing was ever archived into (no settings, no record,
+        no plan): `status` and `verify` refuse it alike."""
+        return self.window is not None or bool(self.records) or bool(self.plans)
 
     # ---------------------------------------------------------------- settings and plans
 

@@ -1,29 +1,32 @@
 """Prometheus metrics, and the small HTTP server that serves them with /healthz and /readyz.
 
-Every series is labelled by `kind` (`pstn` | `direct_routing`). The metrics live in
+Every series is labelled by `tenant` (the tenant id) and `kind` (`pstn`, `direct_routing`,
+`sms`, `pstn_blocked_users`); each tenant of a multi-tenant run counts into its own view
+of the process's metrics (`Metrics.for_tenant`). The metrics live in
 their own `CollectorRegistry`, so two `Metrics` (two tests, two runs in one process)
 never share counts. Values that depend on the time of the scrape — the age of the
 newest archived window, the days left before Microsoft drops the oldest window not yet
 archived — are computed when Prometheus scrapes, so they stay true while the job is
 stuck.
 
-    archiver_rows_total{kind}                             rows archived
-    archiver_pages_total{kind}                            Graph pages fetched
-    archiver_graph_requests_total{kind,status}            Graph requests by HTTP status
+    archiver_rows_total{tenant,kind}                      rows archived
+    archiver_pages_total{tenant,kind}                     Graph pages fetched
+    archiver_graph_requests_total{tenant,kind,status}     Graph requests by HTTP status
                                                           ("200", "429", "503", ...; "error":
                                                           no response)
-    archiver_throttled_total{kind}                        429 answers
-    archiver_retries_total{kind}                          requests sent again
-    archiver_windows{kind,state}                          windows done | failed | pending
-    archiver_newest_window_end_timestamp_seconds{kind}    end of the newest archived window
-    archiver_newest_window_age_seconds{kind}              now minus that end
-    archiver_last_success_timestamp_seconds{kind}         when a window was last archived
-    archiver_retention_margin_days{kind}                  days until Microsoft drops the
+    archiver_throttled_total{tenant,kind}                 429 answers
+    archiver_retries_total{tenant,kind}                   requests sent again
+    archiver_windows{tenant,kind,state}                   windows done | failed | pending
+    archiver_newest_window_end_timestamp_seconds{...}     end of the newest archived window
+    archiver_newest_window_age_seconds{tenant,kind}       now minus that end
+    archiver_last_success_timestamp_seconds{tenant,kind}  when a window was last archived
+    archiver_retention_margin_days{tenant,kind}           days until Microsoft drops the
                                                           oldest window not yet archived
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import threading
 import time
@@ -112,6 +115,20 @@ class _Family:
             return list(self._series.items())
 
 
+class _TenantFamily:
+    """A family as one tenant sees it: `labels(...)` without the tenant, which it adds."""
+
+    def __init__(self, family: _Family, tenant: str) -> None:
+        self.family = family
+        self.tenant = tenant
+
+    def labels(self, *values: str, **named: str) -> _Series:
+        """The series of this tenant and these label values."""
+        if named:
+            return self.family.labels(tenant=self.tenant, **named)
+        return self.family.labels(self.tenant, *values)
+
+
 class Metrics:
     """The archiver's metrics, its own (two Metrics never share counts).
 
@@ -119,62 +136,84 @@ class Metrics:
     run without a metrics port never loads it.
     """
 
-    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, *, tenant: str = "", clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
-        kind = ["kind"]
-        self.rows = _Family("archiver_rows", "Rows archived.", kind, "counter")
-        self.pages = _Family("archiver_pages", "Graph pages fetched.", kind, "counter")
-        self.requests = _Family(
+        self.tenant = tenant
+        kind = ["tenant", "kind"]
+        self._rows = _Family("archiver_rows", "Rows archived.", kind, "counter")
+        self._pages = _Family("archiver_pages", "Graph pages fetched.", kind, "counter")
+        self._requests = _Family(
             "archiver_graph_requests",
             'Graph requests by HTTP status ("error": no response arrived).',
-            ["kind", "status"],
+            ["tenant", "kind", "status"],
             "counter",
         )
-        self.throttled = _Family(
+        self._throttled = _Family(
             "archiver_throttled", "Graph answers 429 (throttled).", kind, "counter"
         )
-        self.retries = _Family("archiver_retries", "Graph requests sent again.", kind, "counter")
-        self.windows = _Family(
+        self._retries = _Family("archiver_retries", "Graph requests sent again.", kind, "counter")
+        self._windows = _Family(
             "archiver_windows",
             "Windows by state (done, failed, pending).",
-            ["kind", "state"],
+            ["tenant", "kind", "state"],
             "gauge",
         )
-        self.newest_window_end = _Family(
+        self._newest_window_end = _Family(
             "archiver_newest_window_end_timestamp_seconds",
             "End of the newest archived window (Unix time).",
             kind,
             "gauge",
         )
-        self.last_success = _Family(
+        self._last_success = _Family(
             "archiver_last_success_timestamp_seconds",
             "When a window was last archived (Unix time).",
             kind,
             "gauge",
         )
-        self.retention_margin = _Family(
+        self._retention_margin = _Family(
             "archiver_retention_margin_days",
             "Days until Microsoft's retention drops the oldest window not yet archived.",
             kind,
             "gauge",
         )
         self._families = (
-            self.rows,
-            self.pages,
-            self.requests,
-            self.throttled,
-            self.retries,
-            self.windows,
-            self.newest_window_end,
-            self.last_success,
-            self.retention_margin,
+            self._rows,
+            self._pages,
+            self._requests,
+            self._throttled,
+            self._retries,
+            self._windows,
+            self._newest_window_end,
+            self._last_success,
+            self._retention_margin,
         )
         self._registry: CollectorRegistry | None = None
-        for k in Kind:  # counters exist at 0 from the start, so rate() and alerts see them
+        self._bind(tenant)
+
+    def _bind(self, tenant: str) -> None:
+        """Set the families' views for `tenant`, its counters at 0 (so rate() and alerts
+        see them from the start)."""
+        self.tenant = tenant
+        self.rows = _TenantFamily(self._rows, tenant)
+        self.pages = _TenantFamily(self._pages, tenant)
+        self.requests = _TenantFamily(self._requests, tenant)
+        self.throttled = _TenantFamily(self._throttled, tenant)
+        self.retries = _TenantFamily(self._retries, tenant)
+        self.windows = _TenantFamily(self._windows, tenant)
+        self.newest_window_end = _TenantFamily(self._newest_window_end, tenant)
+        self.last_success = _TenantFamily(self._last_success, tenant)
+        self.retention_margin = _TenantFamily(self._retention_margin, tenant)
+        for k in Kind:
             for counter in (self.rows, self.pages, self.throttled, self.retries):
                 counter.labels(kind=k.value)
             for state in WINDOW_STATES:
                 self.windows.labels(kind=k.value, state=state)
+
+    def for_tenant(self, tenant: str) -> Metrics:
+        """The same metrics as `tenant` counts into them: one registry, one scrape."""
+        view = copy.copy(self)
+        view._bind(tenant)
+        return view
 
     def set_oldest_pending(self, kind: Kind, start: datetime | None) -> None:
         """Track the retention margin of `kind` from the start of its oldest window not yet
@@ -222,10 +261,10 @@ class Metrics:
         age = GaugeMetricFamily(
             "archiver_newest_window_age_seconds",
             "Seconds since the end of the newest archived window.",
-            labels=["kind"],
+            labels=["tenant", "kind"],
         )
         now = self._clock()
-        for labels, series in self.newest_window_end.samples():
+        for labels, series in self._newest_window_end.samples():
             age.add_metric(list(labels), now - series.get())
         yield age
 

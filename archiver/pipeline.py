@@ -16,7 +16,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 import anyio
@@ -26,6 +26,7 @@ from archiver.auth import TokenProvider
 from archiver.config import Config
 from archiver.errors import (
     ArchiverError,
+    NothingArchived,
     StopRun,
     UsageError,
     WindowError,
@@ -82,6 +83,15 @@ async def open_destination(config: Config) -> tuple[Store, Manifest]:
     await anyio.to_thread.run_sync(store.check)
     manifest = Manifest(store)
     await manifest.load()
+    return store, manifest
+
+
+async def open_archive(config: Config) -> tuple[Store, Manifest]:
+    """`open_destination` for the commands that read an archive (`status`, `verify`): a
+    destination that holds no manifest raises NothingArchived, one line for both."""
+    store, manifest = await open_destination(config)
+    if not manifest.holds_archive:
+        raise NothingArchived(store.description)
     return store, manifest
 
 
@@ -182,20 +192,30 @@ async def run_windows(
     shutdown: Shutdown,
     on_done: Callable[[Record, RunResult], None] | None = None,
     wanted: Callable[[Window], bool] | None = None,
+    slots: anyio.CapacityLimiter | None = None,
 ) -> None:
     """Archive `windows` with twice `concurrency` workers until done or stopped; failures are
     recorded, StopRun re-raised.
 
     `wanted` tells, right before a window is claimed, whether it still needs archiving
-    (default: not archived yet by anyone, as far as the manifest knows by then)."""
+    (default: not archived yet by anyone, as far as the manifest knows by then). `slots`,
+    shared by every tenant of the process, bounds the windows in flight in all of them:
+    a worker holds one while its window is claimed and archived, and a freed slot goes to
+    the worker that has waited longest, so tenants take turns."""
     wanted = wanted or archiver.manifest.is_pending
     queue = WindowQueue(windows, shutdown)
     stop: list[StopRun | UsageError] = []
 
+    async def archive(window: Window) -> Record | None:
+        if slots is None:
+            return await archiver.claim_and_archive(window, queue.defer, wanted)
+        async with slots:
+            return await archiver.claim_and_archive(window, queue.defer, wanted)
+
     async def worker(scope: anyio.CancelScope) -> None:
         while (window := await queue.next()) is not None:
             try:
-                record = await archiver.claim_and_archive(window, queue.defer, wanted)
+                record = await archive(window)
             except (StopRun, UsageError) as exc:
                 stop.append(exc)
                 scope.cancel()
@@ -219,6 +239,43 @@ async def run_windows(
     result.stopped = shutdown.requested.is_set()
     if stop:
         raise stop[0]
+
+
+@dataclass
+class Shared:
+    """What every tenant's job in one process shares: the graceful stop, the metrics (each
+    tenant counts into its own view), the process-wide window slots (`max_windows`, with
+    tenants) and whether any job has connected (readiness)."""
+
+    shutdown: Shutdown
+    metrics: Metrics
+    slots: anyio.CapacityLimiter | None = None
+    connected: anyio.Event = field(default_factory=anyio.Event)
+
+    def for_tenant(self, tenant: str) -> Shared:
+        """The same, counting into `tenant`'s metrics."""
+        return replace(self, metrics=self.metrics.for_tenant(tenant))
+
+
+@asynccontextmanager
+async def process_scope(
+    config: Config, shutdown: Shutdown, metrics: Metrics | None = None
+) -> AsyncIterator[Shared]:
+    """What a run's jobs work inside, once per process: metrics served (when configured),
+    signals watched; one exception a task collects is let through."""
+    metrics = metrics or Metrics(tenant=config.tenant_id or "")
+    slots = anyio.CapacityLimiter(config.max_windows) if config.tenants else None
+    shared = Shared(shutdown, metrics, slots)
+    with unwrapped():
+        async with (
+            serving(metrics, config.metrics_host, config.metrics_port, shared.connected.is_set),
+            anyio.create_task_group() as group,
+        ):
+            group.start_soon(shutdown.watch)
+            try:
+                yield shared
+            finally:
+                group.cancel_scope.cancel()
 
 
 @asynccontextmanager
@@ -247,25 +304,13 @@ async def connect(
 
 @asynccontextmanager
 async def working(
-    config: Config, store: Store, manifest: Manifest, shutdown: Shutdown
+    config: Config, store: Store, manifest: Manifest, shared: Shared
 ) -> AsyncIterator[Archiver]:
-    """What a run works inside: metrics served (when configured), Graph connected with
-    proven credentials, signals watched; one exception a task collects is let through."""
-    metrics = Metrics()
-    connected = anyio.Event()
-    with unwrapped():
-        async with (
-            serving(metrics, config.metrics_host, config.metrics_port, connected.is_set),
-            connect(config, store, manifest, metrics) as archiver,
-            anyio.create_task_group() as group,
-        ):
-            connected.set()
-            archiver.show_manifest()
-            group.start_soon(shutdown.watch)
-            try:
-                yield archiver
-            finally:
-                group.cancel_scope.cancel()
+    """One tenant's Archiver, connected with proven credentials, inside its process."""
+    async with connect(config, store, manifest, shared.metrics) as archiver:
+        shared.connected.set()
+        archiver.show_manifest()
+        yield archiver
 
 
 async def backfill(
@@ -276,11 +321,26 @@ async def backfill(
     now: datetime | None = None,
     on_done: Callable[[Record, RunResult], None] | None = None,
 ) -> RunResult:
-    """Archive every window of `kinds` covering [start, end) that is not archived yet.
+    """Archive every window of `kinds` covering [start, end) that is not archived yet
+    (one tenant: `config.tenant_id`).
 
     Windows already archived cost no Graph request at all. SIGTERM/SIGINT stop it
     gracefully (`result.stopped`).
     """
+    async with process_scope(config, Shutdown(config.grace.total_seconds())) as shared:
+        return await backfill_tenant(config, kinds, start, end, shared, now, on_done)
+
+
+async def backfill_tenant(
+    config: Config,
+    kinds: list[Kind],
+    start: datetime,
+    end: datetime,
+    shared: Shared,
+    now: datetime | None = None,
+    on_done: Callable[[Record, RunResult], None] | None = None,
+) -> RunResult:
+    """`backfill` of one tenant's destination, inside a process shared with others."""
     store, manifest = await open_destination(config)
     manifest.check_window(config.window, config.table_format)
     now = now or datetime.now(UTC)
@@ -298,11 +358,12 @@ async def backfill(
     result.planned = len(windows)
     if not windows:
         return result
-    shutdown = Shutdown(config.grace.total_seconds())
-    async with working(config, store, manifest, shutdown) as archiver:
+    async with working(config, store, manifest, shared) as archiver:
         await manifest.add_plan(kinds, start, end)
         try:
-            await run_windows(archiver, windows, result, shutdown, on_done)
+            await run_windows(
+                archiver, windows, result, shared.shutdown, on_done, slots=shared.slots
+            )
         finally:
             result.requests = archiver.graph.requests
     return result

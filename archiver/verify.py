@@ -40,11 +40,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from archiver.config import Config
-from archiver.errors import UsageError, WindowError
+from archiver.errors import WindowError
 from archiver.kinds import Kind
 from archiver.manifest import Manifest, Record, RecordId
 from archiver.parquet import sha256_file
-from archiver.pipeline import open_destination
+from archiver.pipeline import open_archive
 from archiver.sink import Problem, Sink, open_sink
 from archiver.store import Store
 
@@ -349,11 +349,9 @@ async def verify_tables(sink: Sink, store: Store, manifest: Manifest) -> Report 
 
 
 async def verify_destination(config: Config) -> Report:
-    """Open the configured destination and verify it (UsageError if it holds no archive),
-    in the table format the destination was archived in."""
-    store, manifest = await open_destination(config)
-    if manifest.window is None and not manifest.records:
-        raise UsageError(f"destination {store.description}: nothing archived here (no manifest)")
+    """Open the configured destination and verify it (NothingArchived if it holds no
+    manifest), in the table format the destination was archived in."""
+    store, manifest = await open_archive(config)
     sink = open_sink(manifest.table_format or config.table_format, store)
     tables = await verify_tables(sink, store, manifest)
     if tables is not None:

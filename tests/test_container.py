@@ -220,7 +220,7 @@ def check_pod(workload: dict[str, Any]) -> dict[str, str]:
     assert [] == [name for name in env if SENSITIVE.search(name)]
     known = {name for names in ENV_NAMES.values() for name in names}
     assert [] == [n for n in env if n.startswith("ARCHIVER_") and n not in known]
-    load({}, env)  # every value is one the archiver accepts
+    load({}, {**env, "JOB_COMPLETION_INDEX": "0"})  # every value is one the archiver accepts
     assert 30 == pod["terminationGracePeriodSeconds"]
     assert parse_duration(env["ARCHIVER_GRACE"]).total_seconds() < 30
     assert (True, int(IMAGE_UID)) == (
@@ -280,3 +280,23 @@ def test_backfill_job_is_indexed_and_every_pod_takes_the_whole_range() -> None:
     assert "Never" == job["spec"]["template"]["spec"]["restartPolicy"]
     [rule] = spec["podFailurePolicy"]["rules"]
     assert ("FailJob", [2]) == (rule["action"], rule["onExitCodes"]["values"])
+
+
+def test_tenants_job_shards_the_tenants_by_the_pod_index() -> None:
+    """The Indexed Job runs `archiver run` in one pod per shard: ARCHIVER_SHARDS equals its
+    completions, so each pod's JOB_COMPLETION_INDEX names its share; each pod archives
+    only its share, every tenant falls in exactly one, and exit 2 fails only its index."""
+    job = manifests("tenants-indexed-job.yaml")["Job"]
+    spec = job["spec"]
+    assert ("Indexed", spec["completions"]) == (spec["completionMode"], spec["parallelism"])
+    assert ["run"] == container(job)["args"]
+    env = check_pod(job)
+    shards = int(env["ARCHIVER_SHARDS"])
+    assert shards == spec["completions"]
+    configs = [load({}, {**env, "JOB_COMPLETION_INDEX": str(i)}) for i in range(shards)]
+    shares = [[t.tenant_id for t in config.share()] for config in configs]
+    assert sorted(t for share in shares for t in share) == sorted(
+        env["ARCHIVER_TENANTS"].split(",")
+    )
+    [rule] = spec["podFailurePolicy"]["rules"]
+    assert ("FailIndex", [2]) == (rule["action"], rule["onExitCodes"]["values"])

@@ -26,12 +26,6 @@ from archiver.metrics import Metrics, serving
 DASHBOARD = Path(__file__).resolve().parent.parent / "config" / "grafana" / "archiver.json"
 DATASOURCE = {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
 
-# The tenant label is coming to every series (as its first label) in a parallel change;
-# the dashboard already filters and groups by it. Until it lands, `tenant` is tolerated
-# where the scrape has no series with it at all. Once any series has it, every series the
-# dashboard reads must have it. Remove TENANT (and its uses below) when the label lands.
-TENANT = "tenant"
-
 PROMQL_FUNCTIONS = frozenset(
     re.findall(
         r"\w+",
@@ -247,13 +241,6 @@ def served() -> dict[str, set[str]]:
     return labels
 
 
-def tolerated(served: dict[str, set[str]]) -> set[str]:
-    """Labels a query may use that the scrape lacks: `tenant`, while no series has it."""
-    if any(TENANT in names for names in served.values()):
-        return set()
-    return {TENANT}
-
-
 def all_queries(dashboard: dict[str, Any]) -> list[tuple[str, Query]]:
     """(where, parsed query) of every expression in the dashboard."""
     found = [
@@ -318,7 +305,6 @@ def test_every_label_is_a_label_of_its_series(
 ) -> None:
     """Labels matched on a series are its labels; labels grouped by or shown in a legend
     are labels of every series in the expression."""
-    allowed = tolerated(served)
     legends = {
         target["expr"]: set(re.findall(r"\{\{\s*(\w+)\s*\}\}", target.get("legendFormat", "")))
         for _, target in panel_queries(dashboard)
@@ -327,10 +313,10 @@ def test_every_label_is_a_label_of_its_series(
         metrics = query.metrics & set(served)  # test_every_metric_is_served names the rest
         for metric, label in query.selected:
             if metric in metrics:
-                assert label in served[metric] | allowed, f"{where}: {metric} has no {label!r}"
+                assert label in served[metric], f"{where}: {metric} has no {label!r}"
         for label in query.grouped | legends.get(query.expr, set()):
             for metric in metrics:
-                assert label in served[metric] | allowed, f"{where}: {metric} has no {label!r}"
+                assert label in served[metric], f"{where}: {metric} has no {label!r}"
 
 
 def test_panel_queries_filter_by_the_tenant_and_kind_variables(dashboard: dict[str, Any]) -> None:

@@ -504,6 +504,22 @@ def test_unknown_version_gets_400(emulator: Emulator, session: VerifyingSession)
     assert get(session, url, token(emulator, session)).status_code == 400
 
 
+def test_refused_ranges_get_400_for_the_calls_starting_there(
+    emulator: Emulator, session: VerifyingSession
+) -> None:
+    """A call whose fromDateTime lies in a refused range gets 400; the days around it are
+    served (how tests make exactly one window fail)."""
+    emulator.config.rows_per_day = {Kind.PSTN: 5}
+    emulator.config.refused_ranges = [("2024-03-02", "2024-03-03")]
+    access_token = token(emulator, session)
+    refused = get(session, call_url(emulator, Kind.PSTN, "2024-03-02", "2024-03-03"), access_token)
+    assert (400, "BadRequest") == (refused.status_code, refused.json()["error"]["code"])
+    assert "The requested range cannot be served." == refused.json()["error"]["message"]
+    for day, end in (("2024-03-01", "2024-03-02"), ("2024-03-03", "2024-03-04")):
+        served = get(session, call_url(emulator, Kind.PSTN, day, end), access_token)
+        assert 200 == served.status_code
+
+
 def test_pstn_range_over_90_days_gets_406(emulator: Emulator, session: VerifyingSession) -> None:
     """A PSTN range of 90 days is served, a longer one gets 406; Direct Routing has no limit."""
     emulator.config.rows_per_day = {Kind.PSTN: 30, Kind.DIRECT_ROUTING: 30}
@@ -817,6 +833,7 @@ def test_request_log_records_what_was_seen(emulator: Emulator, session: Verifyin
         fault=None,
         retry_after=None,
         rows=100,
+        tenant=emulator.config.tenant_id,
     )
     assert token_record.at <= graph_record.at <= other_record.at
     assert (other_record.endpoint, other_record.status) == ("other", 404)

@@ -31,9 +31,9 @@ def samples(body: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]
     }
 
 
-def kind(value: str, **labels: str) -> tuple[tuple[str, str], ...]:
-    """A sorted label tuple with `kind` and any other labels."""
-    return tuple(sorted({"kind": value, **labels}.items()))
+def kind(value: str, tenant: str = "", **labels: str) -> tuple[tuple[str, str], ...]:
+    """A sorted label tuple with `tenant`, `kind` and any other labels."""
+    return tuple(sorted({"tenant": tenant, "kind": value, **labels}.items()))
 
 
 class Clock:
@@ -60,6 +60,22 @@ def test_counters_exist_at_zero_for_every_kind_and_count() -> None:
     assert 0.0 == after[("archiver_rows_total", kind("direct_routing"))]
     assert 1.0 == after[("archiver_graph_requests_total", kind("direct_routing", status="429"))]
     assert 7.0 == after[("archiver_windows", kind("pstn", state="done"))]
+
+
+def test_each_tenant_counts_into_its_own_series_of_one_scrape() -> None:
+    """A tenant's view adds its tenant label; one scrape serves every tenant's series,
+    each tenant's counters at 0 from the start."""
+    process = Metrics(tenant="contoso")
+    fabrikam = process.for_tenant("fabrikam")
+    process.rows.labels(kind="pstn").inc(10)
+    fabrikam.rows.labels(kind="pstn").inc(3)
+    fabrikam.requests.labels("sms", "429").inc()
+    scraped = samples(process.render()[0])
+    assert 10.0 == scraped[("archiver_rows_total", kind("pstn", "contoso"))]
+    assert 3.0 == scraped[("archiver_rows_total", kind("pstn", "fabrikam"))]
+    assert 0.0 == scraped[("archiver_rows_total", kind("sms", "fabrikam"))]
+    assert 1.0 == scraped[("archiver_graph_requests_total", kind("sms", "fabrikam", status="429"))]
+    assert ("archiver_graph_requests_total", kind("sms", "contoso", status="429")) not in scraped
 
 
 def test_each_metrics_object_has_its_own_registry() -> None:

@@ -7,9 +7,7 @@ import os
 import signal
 import subprocess
 import threading
-import time
 import urllib.request
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import anyio
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import archiver_command, archiver_env, assert_archive_exact, free_port
+from helpers import archiver_command, archiver_env, assert_archive_exact, free_port, wait_for
 
 from archiver.emulator import Emulator, EmulatorConfig
 from archiver.kinds import DEFAULT_KINDS, Kind
@@ -28,14 +26,7 @@ from archiver.windows import Window, align_down, format_instant
 
 ROWS = {Kind.PSTN: 2400, Kind.DIRECT_ROUTING: 1200}  # 100 and 50 an hour
 HOUR = timedelta(hours=1)
-
-
-def wait_for(condition: Callable[[], bool], what: str, limit: float = 60) -> None:
-    """Poll until `condition` holds (a deadline, not a timing assertion)."""
-    deadline = time.monotonic() + limit
-    while not condition():
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        time.sleep(0.05)
+TENANT = EmulatorConfig().tenant_id  # the tenant label of every series
 
 
 def done_windows(dest: Path) -> dict[Window, str]:
@@ -111,10 +102,11 @@ def test_run_archives_closed_windows_and_stops_cleanly_on_sigterm(tmp_path: Path
         process = start_run(emu, dest, start, ARCHIVER_METRICS_PORT=f"127.0.0.1:{port}")
         try:
             wait_for(lambda: set(closed) <= set(done_windows(dest)), "the closed windows")
-            done_gauge = 'archiver_windows{{kind="{}",state="done"}}'
+            done_gauge = 'archiver_windows{{kind="{}",state="done",tenant="{}"}}'
             wait_for(  # the round ends by publishing the manifest's counts
                 lambda: all(
-                    scrape(port).get(done_gauge.format(k.value), 0) >= 4 for k in DEFAULT_KINDS
+                    scrape(port).get(done_gauge.format(k.value, TENANT), 0) >= 4
+                    for k in DEFAULT_KINDS
                 ),
                 "the windows gauge",
             )
@@ -128,10 +120,14 @@ def test_run_archives_closed_windows_and_stops_cleanly_on_sigterm(tmp_path: Path
         done = done_windows(dest)
         for kind in DEFAULT_KINDS:  # the counters moved with what was archived by the scrape
             rows = {w: len(emu.rows(kind, w.start, w.end)) for w in done if w.kind is kind}
-            counted = metrics[f'archiver_rows_total{{kind="{kind.value}"}}']
+            counted = metrics[f'archiver_rows_total{{kind="{kind.value}",tenant="{TENANT}"}}']
             assert sum(rows[w] for w in closed if w.kind is kind) <= counted <= sum(rows.values())
             assert (
-                metrics[f'archiver_graph_requests_total{{kind="{kind.value}",status="200"}}'] >= 4
+                metrics[
+                    f'archiver_graph_requests_total{{kind="{kind.value}",status="200",'
+                    f'tenant="{TENANT}"}}'
+                ]
+                >= 4
             )
         for window, key in done.items():
             table = pq.read_table(dest / key, partitioning=None)

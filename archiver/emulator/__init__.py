@@ -6,6 +6,11 @@ Graph's call-log functions, with deterministic data and injectable faults.
         emulator.ca_file    # the PEM a client must trust
         emulator.rows(Kind.PSTN, start, end)   # ground truth, exactly as served
 
+Many tenants of one multi-tenant app: `EmulatorConfig(tenants=["t2", "t3"])` also serves
+tokens for t2 and t3; Graph serves each token's tenant its own rows under its own rate
+cap (`emulator.rows(kind, start, end, tenant="t2")`); `revoked_tenants` get tokens, but
+403 from Graph. `tenant_id` stays the default tenant, its data as without tenants.
+
 Modules, one job each, lowest first (each imports only those above it, and `kinds`):
 
     data.py       the rows: deterministic per seed, with real Graph data's quirks

@@ -27,11 +27,27 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--cache-rows", type=int, default=0, help="keep the texts of up to N served rows"
     )
-    parser.add_argument("--rate-cap", type=int, default=None, help="Graph requests/min per kind")
+    parser.add_argument(
+        "--rate-cap", type=int, default=None, help="Graph requests/min per kind, per tenant"
+    )
     parser.add_argument("--throttle", type=float, default=0.0, help="probability of a 429")
     parser.add_argument("--server-error", type=float, default=0.0, help="probability of a 5xx")
     parser.add_argument("--reset", type=float, default=0.0, help="probability of a reset")
     parser.add_argument("--no-permission", action="store_true", help="answer 403 to Graph calls")
+    parser.add_argument(
+        "--tenant",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="another tenant the app is consented in (repeatable)",
+    )
+    parser.add_argument(
+        "--revoked-tenant",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="a tenant that revoked consent: tokens, but 403 to Graph calls (repeatable)",
+    )
     return parser
 
 
@@ -52,6 +68,8 @@ def main(argv: list[str] | None = None) -> None:
         rate_cap_per_minute=args.rate_cap,
         faults=Faults(throttle=args.throttle, server_error=args.server_error, reset=args.reset),
         permission=not args.no_permission,
+        tenants=args.tenant,
+        revoked_tenants=set(args.revoked_tenant),
     )
     done = threading.Event()
 
@@ -64,6 +82,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"Graph emulator listening on {emulator.url}")
         print(f"  CA file:       {emulator.ca_file}")
         print(f"  tenant id:     {config.tenant_id}")
+        if config.tenants:
+            print(f"  more tenants:  {', '.join(config.tenants)}")
+        if config.revoked_tenants:
+            print(f"  revoked:       {', '.join(sorted(config.revoked_tenants))}")
         print(f"  client id:     {config.client_id}")
         print(f"  client secret: {config.client_secret}")
         print("Point the archiver at it:")

@@ -6,6 +6,9 @@ certificate-signed client assertion (RS256/x5t or PS256/x5t#S256) or a federated
     GET  /{tenant}/.well-known/openid-configuration          the v1 spelling, same document
     POST /{tenant}/oauth2/v2.0/token                         client credentials
 
+`{tenant}` is any tenant the app is consented in (`EmulatorState.tenant`, any case); a
+token remembers its tenant, so Graph serves that tenant's data.
+
 Errors are Entra's: AADSTS codes in the JSON body, as MSAL expects them.
 """
 
@@ -31,7 +34,7 @@ _JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
 def discovery(state: EmulatorState, request: web.Request, tenant: str) -> web.Response:
     """The tenant's OpenID configuration, its endpoints on the host the request came to."""
-    if tenant.lower() != state.config.tenant_id.lower():
+    if state.tenant(tenant) is None:
         return aad_error(400, "invalid_tenant", 90002, f"Tenant '{tenant}' not found.")
     base = f"{base_url(request)}/{tenant}"
     document = {
@@ -145,8 +148,10 @@ async def token(state: EmulatorState, request: web.Request, tenant: str) -> web.
         )
         outage.headers["Retry-After"] = "1"  # MSAL replays a 5xx for this long (default 5 s)
         return outage
-    if tenant.lower() != config.tenant_id.lower():
+    known = state.tenant(tenant)
+    if known is None:
         return aad_error(400, "invalid_request", 90002, f"Tenant '{tenant}' not found.")
+    app_id, app_secret = state.client(known)
     if text("grant_type") != "client_credentials":
         return aad_error(
             400,
@@ -155,7 +160,7 @@ async def token(state: EmulatorState, request: web.Request, tenant: str) -> web.
             f"The app requested an unsupported grant type '{text('grant_type')}'.",
         )
     client_id = text("client_id")
-    if client_id != config.client_id:
+    if client_id != app_id:
         return aad_error(
             400,
             "unauthorized_client",
@@ -164,7 +169,7 @@ async def token(state: EmulatorState, request: web.Request, tenant: str) -> web.
         )
     secret, assertion = text("client_secret"), text("client_assertion")
     if secret:
-        if not secrets.compare_digest(secret.encode(), config.client_secret.encode()):
+        if not secrets.compare_digest(secret.encode(), app_secret.encode()):
             return aad_error(
                 401,
                 "invalid_client",
@@ -210,6 +215,6 @@ async def token(state: EmulatorState, request: web.Request, tenant: str) -> web.
             "token_type": "Bearer",
             "expires_in": lifetime,
             "ext_expires_in": lifetime,
-            "access_token": state.issue_token(),
+            "access_token": state.issue_token(known),
         }
     )

@@ -1,8 +1,9 @@
 """Fault injection: how the emulator misbehaves on purpose, like Graph on a bad day.
 
 Two sources, both per Graph function (`Kind`) where it matters:
-- the rate cap: Graph's per-function limit, as a sliding window or a leaky bucket,
-  answered with 429 "cap" and a Retry-After (`RateCaps`, `cap_response`);
+- the rate cap: Graph's per-function limit, counted per tenant (Graph limits an app in
+  each tenant apart), as a sliding window or a leaky bucket, answered with 429 "cap" and
+  a Retry-After (`RateCaps`, `cap_response`);
 - random faults, drawn per Graph request from `Random(Faults.seed)` (`FaultDraws`):
   429 with each Retry-After form, 5xx with Graph's error JSON, a reset connection, a
   truncated body, an HTML body, a JSON body without "value".
@@ -15,7 +16,7 @@ import math
 import random
 import threading
 import time
-from collections import deque
+from collections import defaultdict, deque
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -81,12 +82,14 @@ class FaultDraws:
 
 
 class RateCaps:
-    """Graph's per-function limit, one count per Kind; see `over`. Thread-safe."""
+    """Graph's per-function limit, one count per (tenant, Kind): Graph limits an app in
+    each tenant apart, so one busy tenant does not throttle another. See `over`.
+    Thread-safe."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._recent: dict[Kind, deque[float]] = {kind: deque() for kind in Kind}
-        self._bucket: dict[Kind, tuple[float, float]] = {kind: (0.0, 0.0) for kind in Kind}
+        self._recent: defaultdict[tuple[str, Kind], deque[float]] = defaultdict(deque)
+        self._bucket: dict[tuple[str, Kind], tuple[float, float]] = {}
 
     def over(
         self,
@@ -96,9 +99,10 @@ class RateCaps:
         window: float,
         model: str,
         fixed_wait: float | None,
+        tenant: str = "",
     ) -> float | None:
-        """Count a request against `kind`'s cap; the seconds a 429's Retry-After names if it
-        is over, else None.
+        """Count a request against `kind`'s cap in `tenant`; the seconds a 429's Retry-After
+        names if it is over, else None.
 
         Two models, both counting throttled requests too: "window" allows `cap` requests
         in any `window` seconds and names the time until a slot frees; "bucket" is a leaky
@@ -109,12 +113,13 @@ class RateCaps:
         """
         if cap is None:
             return None
+        key = (tenant, kind)
         if model == "bucket":
-            return self._over_bucket(kind, now, cap / window, fixed_wait)
+            return self._over_bucket(key, now, cap / window, fixed_wait)
         if model != "window":
             raise ValueError(f"unknown rate_cap_model {model!r}")
         with self._lock:
-            recent = self._recent[kind]
+            recent = self._recent[key]
             while recent and recent[0] <= now - window:
                 recent.popleft()
             over = len(recent) >= cap
@@ -129,15 +134,15 @@ class RateCaps:
             return recent[len(recent) - cap] + window - now
 
     def _over_bucket(
-        self, kind: Kind, now: float, per_second: float, fixed_wait: float | None
+        self, key: tuple[str, Kind], now: float, per_second: float, fixed_wait: float | None
     ) -> float | None:
         """The leaky bucket: every request pours one in; over the brim it is answered 429."""
         depth = max(1.0, per_second)  # one second of burst
         with self._lock:
-            level, then = self._bucket[kind]
+            level, then = self._bucket.get(key, (0.0, 0.0))
             level = max(0.0, level - (now - then) * per_second) if now > then else level
             over = level + 1 > depth + 1e-9
-            self._bucket[kind] = (level + 1, max(now, then))
+            self._bucket[key] = (level + 1, max(now, then))
         if not over:
             return None
         return BUCKET_RETRY_AFTER if fixed_wait is None else fixed_wait

@@ -10,9 +10,10 @@ One function per `Kind` (`kind.function`), served in the versions `kind.versions
 on `kind.time_column`, `toDateTime` inclusive where `kind.end_inclusive`. Ranges over 90
 days are refused with 406 where Graph limits them (all but Direct Routing). The SDKs'
 namespace-qualified names (`microsoft.graph.callRecords.getPstnCalls(...)`) are accepted
-too. Each request goes through, in order: auth (401), permission (403),
-rate cap (429 "cap"), random faults, latency, then parsing and serving (faults.py
-supplies the misbehaviour).
+too. Each request goes through, in order: auth (401), permission or a revoked tenant
+(403), the token's tenant's rate cap (429 "cap"), random faults, latency, then parsing
+(400 also for a range the config's `refused_ranges` names) and serving that tenant's
+rows (faults.py supplies the misbehaviour).
 """
 
 from __future__ import annotations
@@ -46,10 +47,12 @@ _FUNCTION = re.compile(
 
 
 class Reply:
-    """What the Graph handler found out, for the log: the kind, the fault, the rows served."""
+    """What the Graph handler found out, for the log: the kind, the token's tenant, the
+    fault, the rows served."""
 
     def __init__(self) -> None:
         self.kind: Kind | None = None
+        self.tenant: str | None = None
         self.fault: str | None = None
         self.rows = 0
 
@@ -147,6 +150,14 @@ def _parse_call(request: web.Request, version: str, segment: str) -> _Call:
     )
 
 
+def _check_refused(ranges: list[tuple[str, str]], call: _Call) -> None:
+    """400 for a call whose fromDateTime lies in one of `refused_ranges` (a window Graph
+    will not serve, for tests of failed windows)."""
+    for low, high in ranges:
+        if parse_datetime(low) <= call.low < parse_datetime(high):
+            raise _bad_request("The requested range cannot be served.")
+
+
 # --- pages and nextLinks ---------------------------------------------------------------
 
 
@@ -166,14 +177,16 @@ def _context(request: web.Request, version: str, kind: Kind) -> str:
     return f"{base_url(request)}/{version}/$metadata#Collection({ROW_TYPE[kind]})"
 
 
-def _page(state: EmulatorState, request: web.Request, call: _Call) -> tuple[bytes, int]:
-    """The body of one page, and how many rows it holds."""
+def _page(
+    state: EmulatorState, request: web.Request, call: _Call, tenant: str
+) -> tuple[bytes, int]:
+    """The body of one page of `tenant`'s rows, and how many rows it holds."""
     size = max(1, state.config.page_size)
     # Paging over live data: a page may start with rows the previous page already held.
     overlap = min(max(0, state.config.page_overlap), call.skip)
-    texts, total = state.dataset.select(
+    texts, total = state.dataset_for(tenant).select(
         call.kind,
-        state.params(call.kind),
+        state.params(call.kind, tenant),
         call.version == "beta",
         call.low,
         call.high,
@@ -200,14 +213,16 @@ async def handle(
     reply.kind = _FUNCTIONS.get(match.group("function")) if match else None
 
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not state.token_valid(token.strip()):
+    tenant = state.token_tenant(token.strip()) if scheme.lower() == "bearer" else None
+    reply.tenant = tenant
+    if tenant is None:
         return graph_error(
             401,
             "InvalidAuthenticationToken",
             "Access token has expired or is not yet valid.",
             {"WWW-Authenticate": 'Bearer realm="", error="invalid_token"'},
         )
-    if not config.permission:
+    if not config.permission or state.revoked(tenant):
         return graph_error(
             403,
             "Forbidden",
@@ -215,7 +230,7 @@ async def handle(
             "'CallRecords.Read.All, CallRecord-PstnCalls.Read.All'. Roles on the request ''.",
         )
     if reply.kind is not None:
-        wait = state.over_cap(reply.kind, time.monotonic())
+        wait = state.over_cap(reply.kind, time.monotonic(), tenant)
         if wait is not None:
             reply.fault = "cap"
             return faults.cap_response(config.cap_retry_after, wait)
@@ -231,13 +246,14 @@ async def handle(
 
     try:
         call = _parse_call(request, version, segment)
+        _check_refused(config.refused_ranges, call)
     except _BadCall as bad:
         response: web.Response = bad.response
     else:
         if fault == "no_value":
             response = faults.no_value_response(_context(request, version, call.kind))
         else:
-            body, rows = _page(state, request, call)
+            body, rows = _page(state, request, call, tenant)
             if fault != "truncated":
                 reply.rows = rows
             response = web.Response(

@@ -43,9 +43,11 @@ def build_app(state: EmulatorState) -> web.Application:
         response: web.StreamResponse
         if (match := _DISCOVERY.fullmatch(path)) and request.method == "GET":
             endpoint = "discovery"
+            reply.tenant = state.tenant(match.group(1)) or match.group(1)
             response = entra.discovery(state, request, match.group(1))
         elif (match := _TOKEN.fullmatch(path)) and request.method == "POST":
             endpoint = "token"
+            reply.tenant = state.tenant(match.group(1)) or match.group(1)
             response = await entra.token(state, request, match.group(1))
         elif match := _GRAPH.fullmatch(path):
             endpoint = "graph"
@@ -65,6 +67,7 @@ def build_app(state: EmulatorState) -> web.Application:
                 fault=reply.fault,
                 retry_after=response.headers.get("Retry-After"),
                 rows=reply.rows,
+                tenant=reply.tenant,
             )
         )
         return response
@@ -110,18 +113,28 @@ class Emulator:
         self.state.expire_tokens()
 
     def rows(
-        self, kind: Kind, start: dt.datetime, end: dt.datetime, version: str = "beta"
+        self,
+        kind: Kind,
+        start: dt.datetime,
+        end: dt.datetime,
+        version: str = "beta",
+        tenant: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Ground truth: every row whose time (`kind.time_column`) lies in [start, end),
-        exactly as served, in served order. Half-open for every kind, like an archived
-        window: a function with an inclusive end (`kind.end_inclusive`) also returns the
-        rows exactly at its toDateTime, which are this call's rows(kind, end, ...)."""
-        return self.state.rows(kind, start, end, version)
+        """Ground truth: every row of `tenant` (None: the default, `tenant_id`) whose time
+        (`kind.time_column`) lies in [start, end), exactly as served, in served order.
+        Half-open for every kind, like an archived window: a function with an inclusive
+        end (`kind.end_inclusive`) also returns the rows exactly at its toDateTime, which
+        are this call's rows(kind, end, ...). ValueError for an unknown tenant."""
+        return self.state.rows(kind, start, end, version, tenant)
 
-    def add_rows(self, kind: Kind, rows: list[dict[str, Any]]) -> None:
-        """Late rows (each with the kind's key and time column): from now on served, in
-        order, like generated ones."""
-        self.state.dataset.add_rows(kind, rows)
+    def add_rows(self, kind: Kind, rows: list[dict[str, Any]], tenant: str | None = None) -> None:
+        """Late rows of `tenant` (None: the default), each with the kind's key and time
+        column: from now on served, in order, like generated ones. ValueError for an
+        unknown tenant."""
+        known = self.state.tenant(tenant)
+        if known is None:
+            raise ValueError(f"unknown tenant {tenant!r}")
+        self.state.dataset_for(known).add_rows(kind, rows)
 
     def start(self) -> Emulator:
         """Listen on 127.0.0.1 (HTTPS) and return once ready."""
