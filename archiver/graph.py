@@ -193,6 +193,7 @@ class GraphClient:
         graph = urlsplit(config.graph_url)
         self._origin = (graph.scheme, graph.netloc.lower())
         self.requests = 0  # Graph requests sent, all windows
+        self._stopped: StopRun | None = None  # Graph's refusal, once it came
         self._parsing = anyio.CapacityLimiter(PARSING)
 
     async def pages(self, window: Window, stats: WindowStats) -> AsyncIterator[Rows]:
@@ -248,6 +249,8 @@ class GraphClient:
                 stats.retries += 1
                 self._metrics.retries.labels(kind).inc()
             await limiter.acquire()
+            if self._stopped is not None:  # Graph refused this app: ask it nothing more
+                raise StopRun(str(self._stopped))
             try:
                 token = await self._tokens.token()
             except RetryableError as exc:  # the token endpoint failed: back off, try again
@@ -283,6 +286,10 @@ class GraphClient:
                 last = exc
                 if attempt < self._max_attempts:
                     await self._sleep(backoff(attempt))
+            except StopRun as exc:
+                self._count(kind, "403")
+                self._stopped = exc
+                raise
             except WindowError as exc:
                 self._count(kind, exc.status or "error")
                 raise WindowError(f"{window}: {exc}") from exc
