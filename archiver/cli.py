@@ -326,7 +326,7 @@ def _counts(kind: Kind, summary: KindSummary) -> str:
     """Today's one line of counts for a kind."""
     s = summary.to_json()
     return (
-        f"{kind.value:15} done {s['done']:>6}  failed {s['failed']:>4}  "
+        f"{kind.value:18} done {s['done']:>6}  failed {s['failed']:>4}  "
         f"pending {s['pending']:>6}  rows {s['rows']:>12,}  bytes {s['bytes']:>14,}"
         f"  last success {s['last_success'] or '-'}"
     )

@@ -81,7 +81,7 @@ def test_status_reports_complete_span_gaps_failures_and_pending(
     size = parquet_bytes(archive, Kind.PSTN)
     assert [
         f"destination: {archive}",
-        "pstn            done      3  failed    2  pending      2  rows            9  "
+        "pstn               done      3  failed    2  pending      2  rows            9  "
         f"bytes {size:>14,}  last success <time>",
         "    complete   2024-01-05 → 2024-01-06 (2 windows)",
         "    newest     2024-01-06 (ended 36 hours ago)",
@@ -92,9 +92,9 @@ def test_status_reports_complete_span_gaps_failures_and_pending(
         "    pending    2024-01-08 → 2024-01-09 (2 windows)",
         "    retention  358 days left before Microsoft's 365-day retention reaches "
         "2024-01-02, the oldest window not archived",
-        "direct_routing  done      0  failed    0  pending      0  rows            0  "
+        "direct_routing     done      0  failed    0  pending      0  rows            0  "
         "bytes              0  last success -",
-        "sms             done      0  failed    0  pending      0  rows            0  "
+        "sms                done      0  failed    0  pending      0  rows            0  "
         "bytes              0  last success -",
         "pstn_blocked_users done      0  failed    0  pending      0  rows            0  "
         "bytes              0  last success -",
