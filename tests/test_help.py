@@ -22,6 +22,7 @@ DOCUMENTED = {
     "kinds": (["ARCHIVER_KINDS"], "pstn,direct_routing"),
     "destination": (["ARCHIVER_DESTINATION"], "./archive"),
     "window": (["ARCHIVER_WINDOW"], "1d"),
+    "table_format": (["ARCHIVER_TABLE_FORMAT"], "parquet"),
     "concurrency": (["ARCHIVER_CONCURRENCY"], "8"),
     "requests_per_minute": (["ARCHIVER_REQUESTS_PER_MINUTE"], "45"),
     "tenant_requests_per_minute": (["ARCHIVER_TENANT_REQUESTS_PER_MINUTE"], "180"),
