@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 from archiver import __version__
 from archiver.config import Config
 from archiver.errors import ArchiverError, LeaseLost, unwrapped
-from archiver.graph import GraphClient, WindowStats
+from archiver.graph.client import GraphClient, WindowStats
 from archiver.kinds import Kind
 from archiver.lease import AlreadyDone, Busy, Claim, Leases
 from archiver.manifest import Manifest, Record, State, format_time, utcnow

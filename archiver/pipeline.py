@@ -22,7 +22,6 @@ from datetime import UTC, datetime
 import anyio
 
 from archiver.archive import Archiver, worker_id
-from archiver.auth import TokenProvider
 from archiver.config import Config
 from archiver.errors import (
     ArchiverError,
@@ -33,7 +32,8 @@ from archiver.errors import (
     internal_error,
     unwrapped,
 )
-from archiver.graph import GraphClient, make_limiters, open_session
+from archiver.graph.auth import TokenProvider
+from archiver.graph.client import GraphClient, make_limiters, open_session
 from archiver.kinds import Kind
 from archiver.lease import Leases
 from archiver.manifest import Manifest, Record

@@ -435,7 +435,7 @@ def _metadata(kind: str) -> dict[str, str]:
 def archiver_path(kind_name: str, pages: list[bytes], path: Path) -> dict[str, float]:
     """The archiver's own path over the pages of one window; CPU seconds per stage."""
     from archiver.archive import select_rows
-    from archiver.graph import parse_page
+    from archiver.graph.client import parse_page
     from archiver.kinds import Kind
     from archiver.parquet import WindowWriter
     from archiver.reconcile import Ids, reconcile
