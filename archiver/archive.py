@@ -28,8 +28,8 @@ from archiver.config import Config
 from archiver.errors import ArchiverError, LeaseLost, unwrapped
 from archiver.graph.client import GraphClient, WindowStats
 from archiver.kinds import Kind
-from archiver.lease import AlreadyDone, Busy, Claim, Leases
 from archiver.manifest import Manifest, Record, State, format_time, utcnow
+from archiver.manifest.lease import AlreadyDone, Busy, Claim, Leases
 from archiver.metrics import Metrics
 from archiver.parquet import WindowWriter, WrittenFile, group_rows
 from archiver.reconcile import Ids, Reconciled, reconcile

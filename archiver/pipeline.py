@@ -35,8 +35,8 @@ from archiver.errors import (
 from archiver.graph.auth import TokenProvider
 from archiver.graph.client import GraphClient, make_limiters, open_session
 from archiver.kinds import Kind
-from archiver.lease import Leases
 from archiver.manifest import Manifest, Record
+from archiver.manifest.lease import Leases
 from archiver.metrics import Metrics, serving
 from archiver.spool import Spool
 from archiver.store import Store, StoreOptions, open_store

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "archiver"
 # separate component that only `demo` uses, and it may use only `kinds`).
 ORDER = [
     "kinds", "errors", "log", "windows", "config", "options", "metrics", "graph",
-    "schema", "parquet", "reconcile", "store", "manifest", "lease", "spool", "sink",
+    "schema", "parquet", "reconcile", "store", "manifest", "spool", "sink",
     "archive", "pipeline", "continuous", "coverage", "tenants", "verify", "progress", "demo",
     "cli", "__main__",
 ]  # fmt: skip
