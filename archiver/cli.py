@@ -33,8 +33,8 @@ from archiver.kinds import Kind
 from archiver.manifest import KindSummary, Record, utcnow
 from archiver.options import add_config_flags
 from archiver.pipeline import RunResult, Shared, backfill, backfill_tenant, open_destination
+from archiver.pipeline.tenants import Outcome, for_each_tenant
 from archiver.progress import Progress
-from archiver.tenants import Outcome, for_each_tenant
 from archiver.windows import parse_instant
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
