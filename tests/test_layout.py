@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "archiver"
 ORDER = [
     "kinds", "errors", "log", "windows", "config", "options", "metrics", "graph",
     "schema", "parquet", "reconcile", "store", "manifest", "spool", "sink",
-    "archive", "pipeline", "continuous", "coverage", "verify", "progress", "demo",
+    "archive", "pipeline", "ops",
     "cli", "__main__",
 ]  # fmt: skip
 
