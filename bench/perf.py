@@ -437,9 +437,9 @@ def archiver_path(kind_name: str, pages: list[bytes], path: Path) -> dict[str, f
     from archiver.archive import select_rows
     from archiver.graph.client import parse_page
     from archiver.kinds import Kind
-    from archiver.parquet import WindowWriter
     from archiver.reconcile import Ids, reconcile
     from archiver.schema import schema_for
+    from archiver.sinks.parquet import WindowWriter
     from archiver.windows import Window
 
     kind = Kind(kind_name)
@@ -502,7 +502,7 @@ def floor_path(pages: list[bytes], table: Any, path: Path) -> dict[str, float]:
     import orjson
     import pyarrow.parquet as pq
 
-    from archiver.parquet import COMPRESSION, ROW_GROUP_ROWS
+    from archiver.sinks.parquet import COMPRESSION, ROW_GROUP_ROWS
 
     clock = time.process_time
     began, wall = clock(), time.perf_counter()

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "archiver"
 # separate component that only `demo` uses, and it may use only `kinds`).
 ORDER = [
     "kinds", "errors", "log", "windows", "config", "options", "metrics", "graph",
-    "schema", "parquet", "reconcile", "store", "manifest", "spool", "sink",
+    "schema", "store", "manifest", "spool", "sinks", "reconcile",
     "archive", "pipeline", "ops",
     "cli", "__main__",
 ]  # fmt: skip

@@ -2,7 +2,7 @@
 
 (A destination of Delta tables is checked by its sink instead: every window recorded
 done holds its recorded rows in the table's current version, no key twice; see
-`archiver.sink.delta`.)
+`archiver.sinks.delta`.)
 
 For each window the manifest lists as done: the object exists, its SHA-256 and size
 are the recorded ones, its Parquet footer counts the recorded rows, and every
@@ -43,9 +43,9 @@ from archiver.config import Config
 from archiver.errors import WindowError
 from archiver.kinds import Kind
 from archiver.manifest import Manifest, Record, RecordId
-from archiver.parquet import sha256_file
 from archiver.pipeline import open_archive
-from archiver.sink import Problem, Sink, open_sink
+from archiver.sinks import Problem, Sink, open_sink
+from archiver.sinks.parquet import sha256_file
 from archiver.store import Store
 
 log = logging.getLogger("archiver.verify")  # the name its lines always carried

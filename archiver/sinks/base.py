@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from archiver.manifest import Record
-from archiver.parquet import WrittenFile
+from archiver.sinks.parquet import WrittenFile
 from archiver.windows import Window
 
 PARQUET = "parquet"
