@@ -452,7 +452,7 @@ def archiver_path(kind_name: str, pages: list[bytes], path: Path) -> dict[str, f
     ids = Ids()
     for body in pages:
         t0 = clock()
-        rows = parse_page(body)["value"]  # as graph.py parses a page
+        rows = parse_page(body)["value"]  # as graph/client.py parses a page
         t1 = clock()
         batch = select_rows(kind, rows, window)
         t2 = clock()
