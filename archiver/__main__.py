@@ -6,7 +6,7 @@ command line (`archiver.cli.main`) in a process set up for a long run. Tests cal
 GC_YOUNG_THRESHOLD = 50_000
 # glibc malloc arenas: by default up to 8 per core, one per thread that allocates at once;
 # each keeps the memory its threads freed. Two are plenty: the threads mostly take turns on
-# the GIL, and row groups are written one at a time (parquet.py).
+# the GIL, and row groups are written one at a time (sinks/parquet.py).
 MALLOC_ARENAS = 2
 _M_ARENA_MAX = -8  # mallopt's parameter number in glibc's malloc.h
 

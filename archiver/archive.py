@@ -26,15 +26,15 @@ import pyarrow.compute as pc
 from archiver import __version__
 from archiver.config import Config
 from archiver.errors import ArchiverError, LeaseLost, unwrapped
-from archiver.graph import GraphClient, WindowStats
+from archiver.graph.client import GraphClient, WindowStats
 from archiver.kinds import Kind
-from archiver.lease import AlreadyDone, Busy, Claim, Leases
 from archiver.manifest import Manifest, Record, State, format_time, utcnow
+from archiver.manifest.lease import AlreadyDone, Busy, Claim, Leases
 from archiver.metrics import Metrics
-from archiver.parquet import WindowWriter, WrittenFile, group_rows
 from archiver.reconcile import Ids, Reconciled, reconcile
 from archiver.schema import rows_to_batch, schema_for
-from archiver.sink import Published, open_sink
+from archiver.sinks import Published, open_sink
+from archiver.sinks.parquet import WindowWriter, WrittenFile, group_rows
 from archiver.spool import Spool
 from archiver.store import Store
 from archiver.windows import Window, format_instant

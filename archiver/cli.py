@@ -20,7 +20,6 @@ import anyio
 
 from archiver import __version__, log
 from archiver.config import Config, load
-from archiver.coverage import Coverage, coverage, draw_calendars, lines
 from archiver.errors import (
     ArchiverError,
     NothingArchived,
@@ -31,10 +30,11 @@ from archiver.errors import (
 )
 from archiver.kinds import Kind
 from archiver.manifest import KindSummary, Record, utcnow
+from archiver.ops.coverage import Coverage, coverage, draw_calendars, lines
+from archiver.ops.progress import Progress
 from archiver.options import add_config_flags
 from archiver.pipeline import RunResult, Shared, backfill, backfill_tenant, open_destination
-from archiver.progress import Progress
-from archiver.tenants import Outcome, for_each_tenant
+from archiver.pipeline.tenants import Outcome, for_each_tenant
 from archiver.windows import parse_instant
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -209,7 +209,7 @@ def report_tenants(outcomes: list[Outcome], destination: str) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Keep the archive current until SIGTERM/SIGINT."""
-    from archiver.continuous import keep_current, run_forever
+    from archiver.ops.continuous import keep_current, run_forever
 
     config = _load(args)
     config.require_credentials()
@@ -349,7 +349,7 @@ def _draw(sections: list[tuple[str, Coverage]]) -> None:
 def cmd_verify(args: argparse.Namespace) -> int:
     """Re-read every archived object and compare it with the manifest (of every tenant; a
     tenant with no manifest yet is named and skipped, as `status` shows it)."""
-    from archiver.verify import verify_destination
+    from archiver.ops.verify import verify_destination
 
     config = _load(args)
     targets: list[tuple[str | None, Config]] = [
@@ -379,7 +379,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Archive a sample week from the built-in emulator: no credentials needed."""
-    from archiver.demo import run_demo
+    from archiver.ops.demo import run_demo
 
     log.configure(args.log_format or "auto")
     return run_demo(args.dir)

@@ -11,7 +11,7 @@
         └── AuthExpiredError    401: fetch a fresh token and try once more
 
 Third-party exceptions (aiohttp, botocore, msal) are translated into these at one
-boundary each (graph.py, store.py, auth.py), with `raise ... from`.
+boundary each (graph/client.py, store/, graph/auth.py), with `raise ... from`.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from archiver.parquet import ROW_GROUP_ROWS, WindowWriter, WrittenFile
+from archiver.sinks.parquet import ROW_GROUP_ROWS, WindowWriter, WrittenFile
 
 ID = "id"  # the key column, unless the kind names another
 BATCH_ROWS = 65_536  # rows per batch when a file is copied

@@ -435,11 +435,11 @@ def _metadata(kind: str) -> dict[str, str]:
 def archiver_path(kind_name: str, pages: list[bytes], path: Path) -> dict[str, float]:
     """The archiver's own path over the pages of one window; CPU seconds per stage."""
     from archiver.archive import select_rows
-    from archiver.graph import parse_page
+    from archiver.graph.client import parse_page
     from archiver.kinds import Kind
-    from archiver.parquet import WindowWriter
     from archiver.reconcile import Ids, reconcile
     from archiver.schema import schema_for
+    from archiver.sinks.parquet import WindowWriter
     from archiver.windows import Window
 
     kind = Kind(kind_name)
@@ -452,7 +452,7 @@ def archiver_path(kind_name: str, pages: list[bytes], path: Path) -> dict[str, f
     ids = Ids()
     for body in pages:
         t0 = clock()
-        rows = parse_page(body)["value"]  # as graph.py parses a page
+        rows = parse_page(body)["value"]  # as graph/client.py parses a page
         t1 = clock()
         batch = select_rows(kind, rows, window)
         t2 = clock()
@@ -502,7 +502,7 @@ def floor_path(pages: list[bytes], table: Any, path: Path) -> dict[str, float]:
     import orjson
     import pyarrow.parquet as pq
 
-    from archiver.parquet import COMPRESSION, ROW_GROUP_ROWS
+    from archiver.sinks.parquet import COMPRESSION, ROW_GROUP_ROWS
 
     clock = time.process_time
     began, wall = clock(), time.perf_counter()

@@ -92,7 +92,9 @@ def install() -> None:
     """Wrap the stages in place (module globals, so the callers pick the wrappers up)."""
     import pyarrow.json
 
-    from archiver import archive, graph, parquet, reconcile, store
+    from archiver import archive, reconcile, store
+    from archiver.graph import client as graph
+    from archiver.sinks import parquet
 
     graph.parse_page = timed("parse", graph.parse_page)
     pyarrow.json.read_json = timed("parse", pyarrow.json.read_json)  # schema.page_to_batch

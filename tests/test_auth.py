@@ -18,10 +18,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from helpers import certificate_pem
 
-from archiver.auth import TokenProvider
 from archiver.config import load
 from archiver.emulator import Emulator
 from archiver.errors import StopRun, UsageError
+from archiver.graph.auth import TokenProvider
 from archiver.log import JsonFormatter
 
 SECRET = "wrong-but-secret-value-0xC0FFEE"

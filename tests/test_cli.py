@@ -249,7 +249,7 @@ def test_progress_line_counts_windows_rows_and_estimates_the_rest() -> None:
     import io
 
     from archiver.manifest import Record
-    from archiver.progress import Progress
+    from archiver.ops.progress import Progress
 
     now = [0.0]
     out = io.StringIO()

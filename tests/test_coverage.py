@@ -21,11 +21,11 @@ from helpers import archiver_command, archiver_env, backfill
 
 from archiver import cli
 from archiver.cli import main
-from archiver.coverage import SYMBOLS, Day, calendar_column
-from archiver.coverage import report as coverage_report
 from archiver.emulator import Emulator
 from archiver.kinds import Kind
 from archiver.manifest import KindSummary, Manifest, Record, State
+from archiver.ops.coverage import SYMBOLS, Day, calendar_column
+from archiver.ops.coverage import report as coverage_report
 from archiver.store import LocalStore
 
 pytestmark = pytest.mark.emulator(rows_per_day={Kind.PSTN: 3, Kind.DIRECT_ROUTING: 2})

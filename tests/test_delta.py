@@ -37,7 +37,7 @@ from archiver.emulator import Emulator, EmulatorConfig
 from archiver.kinds import DEFAULT_KINDS, Column, Kind
 from archiver.manifest import Manifest
 from archiver.schema import schema_for
-from archiver.sink.delta import DeltaSink
+from archiver.sinks.delta import DeltaSink
 from archiver.store import S3Store, open_store
 from archiver.windows import Window, align_down, format_instant
 

@@ -13,13 +13,13 @@ import anyio.lowlevel
 import pytest
 from helpers import archiver_env, assert_archive_exact, backfill, read_local
 
-from archiver.auth import TokenProvider
 from archiver.config import Config, load
 from archiver.emulator import Emulator, EmulatorConfig, Faults
 from archiver.errors import WindowError
-from archiver.graph import GraphClient, WindowStats, open_session
+from archiver.graph.auth import TokenProvider
+from archiver.graph.client import GraphClient, WindowStats, open_session
+from archiver.graph.ratelimit import Gate, Limiter, Pacer
 from archiver.kinds import DEFAULT_KINDS, Kind
-from archiver.ratelimit import Gate, Limiter, Pacer
 from archiver.windows import Window
 
 START = datetime(2024, 3, 4, tzinfo=UTC)

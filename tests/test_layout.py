@@ -13,9 +13,9 @@ PACKAGE = Path(__file__).resolve().parent.parent / "archiver"
 # Lowest first. A module may import only modules listed before it (the emulator is a
 # separate component that only `demo` uses, and it may use only `kinds`).
 ORDER = [
-    "kinds", "errors", "log", "windows", "config", "options", "metrics", "ratelimit", "auth",
-    "graph", "schema", "parquet", "reconcile", "store", "manifest", "lease", "spool", "sink",
-    "archive", "pipeline", "continuous", "coverage", "tenants", "verify", "progress", "demo",
+    "kinds", "errors", "log", "windows", "config", "options", "metrics", "graph",
+    "schema", "store", "manifest", "spool", "sinks", "reconcile",
+    "archive", "pipeline", "ops",
     "cli", "__main__",
 ]  # fmt: skip
 

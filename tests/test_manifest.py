@@ -13,9 +13,9 @@ from pathlib import Path
 import anyio
 import pytest
 
-from archiver import manifest as manifest_module
 from archiver.kinds import DEFAULT_KINDS, Kind
 from archiver.manifest import JOURNAL_PREFIX, SNAPSHOT_KEY, Manifest, Record, State, record_id
+from archiver.manifest import manifest as manifest_module
 from archiver.store import LocalStore
 from archiver.windows import Window, plan
 

@@ -8,8 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from archiver.kinds import Kind
-from archiver.parquet import WindowWriter, group_rows
 from archiver.schema import rows_to_batch, schema_for
+from archiver.sinks.parquet import WindowWriter, group_rows
 
 
 def test_columns_with_a_value_per_row_are_written_without_a_dictionary(tmp_path: Path) -> None:

@@ -17,15 +17,15 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import archiver_env
 
-from archiver.auth import TokenProvider
 from archiver.config import load
 from archiver.emulator import Emulator
 from archiver.errors import WindowError
-from archiver.graph import GraphClient, WindowStats, make_limiters, open_session
+from archiver.graph.auth import TokenProvider
+from archiver.graph.client import GraphClient, WindowStats, make_limiters, open_session
 from archiver.kinds import Kind
 from archiver.metrics import Metrics
-from archiver.parquet import SPILL_SUFFIX, WindowWriter
 from archiver.schema import rows_to_batch, schema_for
+from archiver.sinks.parquet import SPILL_SUFFIX, WindowWriter
 from archiver.windows import Window
 
 WINDOW = Window(Kind.PSTN, datetime(2024, 3, 4, tzinfo=UTC), datetime(2024, 3, 5, tzinfo=UTC))

@@ -13,8 +13,8 @@ import anyio
 import pytest
 
 from archiver.emulator import EmulatorConfig, EmulatorState
+from archiver.graph.ratelimit import BACKOFF_CAP, Gate, Limiter, Pacer, backoff
 from archiver.kinds import Kind
-from archiver.ratelimit import BACKOFF_CAP, Gate, Limiter, Pacer, backoff
 
 
 class FakeClock:

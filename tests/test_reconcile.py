@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from archiver.kinds import Kind
-from archiver.parquet import ROW_GROUP_ROWS, WindowWriter, WrittenFile
 from archiver.reconcile import OTHER, WHOLE, Ids, Reconciled, compact, read_ids, reconcile
 from archiver.schema import rows_to_batch, schema_for
+from archiver.sinks.parquet import ROW_GROUP_ROWS, WindowWriter, WrittenFile
 
 KIND = Kind.DIRECT_ROUTING
 META = {"kind": KIND.value, "window_start": "2024-03-04T00:00:00Z"}

@@ -190,7 +190,7 @@ def test_round_skips_windows_past_retention_and_reports_them_once(
     """With `start` older than Microsoft keeps PSTN logs, those windows are never fetched,
     they are reported once (not every round), and the backlog warning names the margin."""
     from archiver.config import load
-    from archiver.continuous import Round, plan_round
+    from archiver.ops.continuous import Round, plan_round
 
     now = datetime(2025, 6, 1, 12, tzinfo=UTC)
     config = load({}, {"ARCHIVER_START": "2024-05-30", "ARCHIVER_WINDOW": "1d"})

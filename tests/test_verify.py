@@ -14,13 +14,13 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import archiver_env, backfill
 
-from archiver import verify as verify_module
 from archiver.cli import main
 from archiver.emulator import Emulator
 from archiver.kinds import Kind
 from archiver.manifest import Manifest, Record, State, utcnow
+from archiver.ops import verify as verify_module
+from archiver.ops.verify import check_file, verify
 from archiver.store import open_store
-from archiver.verify import check_file, verify
 
 ROWS = {Kind.PSTN: 300, Kind.DIRECT_ROUTING: 300}
 KEY = "pstn/date=2024-03-04/20240304T000000Z.parquet"  # the first PSTN window

@@ -18,8 +18,8 @@ from helpers import archiver_command, archiver_env, assert_archive_exact, read_l
 from archiver.cli import main
 from archiver.emulator import Emulator, EmulatorConfig
 from archiver.kinds import DEFAULT_KINDS, Kind
-from archiver.lease import AlreadyDone, Busy, Claimed, Leases, claim_key
 from archiver.manifest import Manifest, Record, State, record_id
+from archiver.manifest.lease import AlreadyDone, Busy, Claimed, Leases, claim_key
 from archiver.store import LocalStore, open_store
 from archiver.windows import Window
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from archiver.errors import RetryableError, WindowError
 from archiver.manifest import Record
-from archiver.parquet import WrittenFile
-from archiver.sink.base import PARQUET, Published, Sink
+from archiver.sinks.base import PARQUET, Published, Sink
+from archiver.sinks.parquet import WrittenFile
 from archiver.store import Store
 from archiver.windows import Window
 

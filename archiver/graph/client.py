@@ -23,12 +23,12 @@ import anyio
 import orjson
 import yarl
 
-from archiver.auth import TokenProvider
 from archiver.config import Config
 from archiver.errors import AuthExpiredError, RetryableError, StopRun, ThrottledError, WindowError
+from archiver.graph.auth import TokenProvider
+from archiver.graph.ratelimit import Gate, Limiter, Pacer, Sleep, backoff
 from archiver.kinds import Kind
 from archiver.metrics import Metrics
-from archiver.ratelimit import Gate, Limiter, Pacer, Sleep, backoff
 from archiver.windows import Window, format_instant
 
 MAX_ATTEMPTS = 8  # per request, counting the first

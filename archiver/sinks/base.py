@@ -10,7 +10,7 @@ run them in worker threads):
 - `publish`: replace the window's rows with the reconciled file, in one step that a
   reader sees whole or not at all; only then is the window recorded done;
 - `verify_table`: for a format that is one table per kind, check it against the
-  manifest (loose files are checked one object at a time by verify.py instead).
+  manifest (loose files are checked one object at a time by ops/verify.py instead).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from archiver.manifest import Record
-from archiver.parquet import WrittenFile
+from archiver.sinks.parquet import WrittenFile
 from archiver.windows import Window
 
 PARQUET = "parquet"
@@ -72,5 +72,5 @@ class Sink(abc.ABC):
 
     def verify_table(self, records: list[Record]) -> list[Problem] | None:
         """Check the destination's tables against the done `records`: the problems, or
-        None where each window is an object that verify.py checks itself."""
+        None where each window is an object that ops/verify.py checks itself."""
         return None

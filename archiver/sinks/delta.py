@@ -50,13 +50,13 @@ from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundErr
 from archiver.errors import RetryableError, WindowError
 from archiver.kinds import Kind
 from archiver.manifest import Record
-from archiver.parquet import META_PREFIX, WrittenFile
 from archiver.schema import schema_for
-from archiver.sink.base import DELTA, Problem, Published, Sink
+from archiver.sinks.base import DELTA, Problem, Published, Sink
+from archiver.sinks.parquet import META_PREFIX, WrittenFile
 from archiver.store import LocalStore, S3Store, Store
 from archiver.windows import Window, format_instant
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("archiver.sink.delta")  # the name its lines always carried
 
 COMMIT_ID = "archiver.commit"  # in each commit's metadata: finds the commit again
 DATE = "date"  # the partition column: the UTC date of the window start, YYYY-MM-DD

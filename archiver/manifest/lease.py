@@ -28,11 +28,11 @@ from dataclasses import dataclass
 import anyio
 
 from archiver.errors import ArchiverError, LeaseLost, unwrapped
-from archiver.manifest import PREFIX
+from archiver.manifest.manifest import PREFIX
 from archiver.store import Store
 from archiver.windows import Window
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("archiver.lease")  # the name its lines always carried
 
 CLAIMS_PREFIX = PREFIX + "claims/"
 

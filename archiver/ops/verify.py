@@ -2,7 +2,7 @@
 
 (A destination of Delta tables is checked by its sink instead: every window recorded
 done holds its recorded rows in the table's current version, no key twice; see
-`archiver.sink.delta`.)
+`archiver.sinks.delta`.)
 
 For each window the manifest lists as done: the object exists, its SHA-256 and size
 are the recorded ones, its Parquet footer counts the recorded rows, and every
@@ -43,12 +43,12 @@ from archiver.config import Config
 from archiver.errors import WindowError
 from archiver.kinds import Kind
 from archiver.manifest import Manifest, Record, RecordId
-from archiver.parquet import sha256_file
 from archiver.pipeline import open_archive
-from archiver.sink import Problem, Sink, open_sink
+from archiver.sinks import Problem, Sink, open_sink
+from archiver.sinks.parquet import sha256_file
 from archiver.store import Store
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("archiver.verify")  # the name its lines always carried
 
 CONCURRENCY = 8  # objects checked at once, unless the caller says otherwise
 LAYOUT_PREFIXES = tuple(f"{kind.value}/" for kind in Kind)
@@ -67,7 +67,7 @@ UNREADABLE_ERRORS: tuple[type[Exception], ...] = (
 )
 # The child process that reads a suspect file: prints probe()'s JSON.
 _CHILD = (
-    "import sys; from pathlib import Path; from archiver.verify import probe; "
+    "import sys; from pathlib import Path; from archiver.ops.verify import probe; "
     "print(probe(Path(sys.argv[1]), sys.argv[2]))"
 )
 
@@ -173,7 +173,7 @@ def probe(path: Path, column: str) -> str:
 
 def start_range_isolated(path: Path, column: str) -> tuple[int, datetime | None, datetime | None]:
     """start_range() in a child process; ValueError with a short cause if it fails or dies."""
-    package_root = str(Path(__file__).resolve().parent.parent)
+    package_root = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     try:

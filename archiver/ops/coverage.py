@@ -31,9 +31,9 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import IO, Any
 
 from archiver.config import Config
-from archiver.continuous import retention_cutoff
 from archiver.kinds import Kind
 from archiver.manifest import KindSummary, Manifest, Record
+from archiver.ops.continuous import retention_cutoff
 from archiver.windows import DAY, align_down, align_up, format_instant, parse_instant
 
 SHOWN = 10  # ranges listed per kind and category in the text report; the rest are counted

@@ -52,7 +52,7 @@ from archiver.windows import (
     plan,
 )
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("archiver.manifest")  # the name its lines always carried
 T = TypeVar("T")
 
 PREFIX = "_manifest/"

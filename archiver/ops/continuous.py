@@ -35,7 +35,7 @@ from archiver.pipeline import (
 )
 from archiver.windows import Window, align_down, format_instant, plan
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("archiver.continuous")  # the name its lines always carried
 
 RETENTION_WARNING = timedelta(days=14)  # warn when the backlog comes this close to retention
 MAX_SLEEP = timedelta(minutes=10)  # look again at least this often

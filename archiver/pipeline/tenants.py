@@ -24,9 +24,10 @@ from archiver.config import Config, Tenant
 from archiver.errors import ArchiverError, StopRun, UsageError, internal_error, leaves
 from archiver.log import tenant_scope
 from archiver.metrics import Metrics
-from archiver.pipeline import RunResult, Shared, Shutdown, process_scope
+from archiver.pipeline.run import RunResult, Shared, process_scope
+from archiver.pipeline.shutdown import Shutdown
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("archiver.tenants")  # the name its lines always carried
 
 Job = Callable[[Config, Shared], Awaitable[RunResult]]
 

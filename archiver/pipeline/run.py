@@ -4,7 +4,7 @@ One task group runs workers that take windows from one shared queue (archive.py 
 each window): `concurrency` of them fetch pages at a time, as many again claim,
 reconcile, upload and record theirs meanwhile, so the pacers never wait on the store.
 The rate limiters and throttling pauses inside the Graph client are shared by all.
-SIGTERM/SIGINT stop the workers gracefully.
+SIGTERM/SIGINT stop the workers gracefully (shutdown.py).
 """
 
 from __future__ import annotations
@@ -12,17 +12,15 @@ from __future__ import annotations
 import collections
 import heapq
 import logging
-import signal
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 import anyio
 
 from archiver.archive import Archiver, worker_id
-from archiver.auth import TokenProvider
 from archiver.config import Config
 from archiver.errors import (
     ArchiverError,
@@ -33,16 +31,18 @@ from archiver.errors import (
     internal_error,
     unwrapped,
 )
-from archiver.graph import GraphClient, make_limiters, open_session
+from archiver.graph.auth import TokenProvider
+from archiver.graph.client import GraphClient, make_limiters, open_session
 from archiver.kinds import Kind
-from archiver.lease import Leases
 from archiver.manifest import Manifest, Record
+from archiver.manifest.lease import Leases
 from archiver.metrics import Metrics, serving
+from archiver.pipeline.shutdown import Shutdown
 from archiver.spool import Spool
 from archiver.store import Store, StoreOptions, open_store
 from archiver.windows import Window, plan
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("archiver.pipeline")  # the name its lines always carried
 
 # Workers per window fetching at once: while `concurrency` windows fetch, as many again
 # may be starting (claim) or finishing (reconcile, upload, journal) off Graph's pacers.
@@ -93,65 +93,6 @@ async def open_archive(config: Config) -> tuple[Store, Manifest]:
     if not manifest.holds_archive:
         raise NothingArchived(store.description)
     return store, manifest
-
-
-class Shutdown:
-    """SIGTERM/SIGINT: stop taking new windows, give the ones in flight `grace` seconds to
-    finish, then cancel them; a second signal cancels at once. Cancelled windows leave
-    nothing recorded: their spool files go, their claims are released."""
-
-    def __init__(self, grace: float) -> None:
-        self.grace = grace
-        self.requested = anyio.Event()
-        self.hard = False  # the grace time is over, or a second signal came
-        self._scopes: set[anyio.CancelScope] = set()  # the work that a hard stop cancels
-
-    @contextmanager
-    def work(self) -> Iterator[anyio.CancelScope]:
-        """A cancel scope for work that a hard stop cancels (already cancelled after one)."""
-        scope = anyio.CancelScope()
-        if self.hard:
-            scope.cancel()
-        self._scopes.add(scope)
-        try:
-            with scope:
-                yield scope
-        finally:
-            self._scopes.discard(scope)
-
-    def stop_now(self) -> None:
-        """Cancel the work in flight."""
-        self.hard = True
-        for scope in self._scopes:
-            scope.cancel()
-
-    def request(self, reason: str) -> None:
-        """Begin a graceful stop (also used by tests and by `run` between rounds)."""
-        if not self.requested.is_set():
-            log.warning(
-                "%s: finishing windows in flight (up to %gs), starting no new ones",
-                reason,
-                self.grace,
-            )
-            self.requested.set()
-
-    async def watch(self) -> None:
-        """Turn signals into a graceful, then a hard, stop; runs until cancelled."""
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async with anyio.create_task_group() as group:
-                async for signum in signals:
-                    name = signal.Signals(signum).name
-                    if self.requested.is_set():
-                        log.warning("%s again: stopping now", name)
-                        self.stop_now()
-                    else:
-                        self.request(name)
-                        group.start_soon(self._expire)
-
-    async def _expire(self) -> None:
-        await anyio.sleep(self.grace)
-        log.warning("grace time over: abandoning the windows still in flight")
-        self.stop_now()
 
 
 class WindowQueue:

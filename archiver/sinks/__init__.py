@@ -1,14 +1,15 @@
 """Sinks: the output formats a window's rows are archived in, behind one interface.
 
-`parquet` (FileSink): loose Parquet files, one object per window. `delta` (DeltaSink,
-the `[delta]` extra): each kind one Delta Lake table, one commit per window.
+`parquet` (FileSink, files.py): loose Parquet files, one object per window. `delta`
+(DeltaSink, the `[delta]` extra): each kind one Delta Lake table, one commit per window.
+Both publish the Parquet files that `parquet.py` writes.
 """
 
 from __future__ import annotations
 
 from archiver.errors import UsageError
-from archiver.sink.base import DELTA, FORMATS, INSTALL_DELTA, PARQUET, Problem, Published, Sink
-from archiver.sink.files import FileSink
+from archiver.sinks.base import DELTA, FORMATS, INSTALL_DELTA, PARQUET, Problem, Published, Sink
+from archiver.sinks.files import FileSink
 from archiver.store import Store
 
 __all__ = [
@@ -30,7 +31,7 @@ def open_sink(table_format: str, store: Store) -> Sink:
         return FileSink(store)
     if table_format == DELTA:
         try:
-            from archiver.sink.delta import DeltaSink
+            from archiver.sinks.delta import DeltaSink
         except ModuleNotFoundError as exc:
             if not (exc.name or "").startswith("deltalake"):
                 raise
