@@ -56,7 +56,7 @@ from archiver.sinks.parquet import META_PREFIX, WrittenFile
 from archiver.store import LocalStore, S3Store, Store
 from archiver.windows import Window, format_instant
 
-log = logging.getLogger("archiver.sink.delta")  # the name its lines always carried
+log = logging.getLogger(__name__)
 
 COMMIT_ID = "archiver.commit"  # in each commit's metadata: finds the commit again
 DATE = "date"  # the partition column: the UTC date of the window start, YYYY-MM-DD
