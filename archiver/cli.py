@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
@@ -52,6 +53,7 @@ Every setting is a flag, an ARCHIVER_* variable or a key of the --config file (f
 environment > file); `archiver COMMAND --help` lists them with their defaults.
 """
 EXIT_INTERRUPTED = 130  # backfill stopped by SIGTERM/SIGINT before its range was done
+EXIT_BROKEN_PIPE = 141  # the reader of stdout went away (128 + SIGPIPE), as `yes | head`
 
 
 class _Parser(argparse.ArgumentParser):
@@ -478,15 +480,25 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code. Whatever happens ends as one line on
     stderr and an exit code, never a traceback."""
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         return int(args.handler(args))
+    except BrokenPipeError:  # `archiver status | head`: the reader has all it wanted
+        return _reader_gone()
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - the edge: every error becomes one line
         return fail(exc)
     except BaseExceptionGroup as group:  # a group holding KeyboardInterrupt or the like
         return fail(group)
+
+
+def _reader_gone() -> int:
+    """Stop quietly, as a command killed by SIGPIPE does (its shell reports 141): stdout
+    goes to /dev/null so the interpreter's final flush finds no closed pipe."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return EXIT_BROKEN_PIPE
 
 
 def fail(error: BaseException) -> int:

@@ -294,3 +294,26 @@ def test_wrong_s3_credentials_are_access_denied_in_one_line(
             "credentials and the bucket policy)"
         ],
     ) == (code, err)
+
+
+def test_a_reader_that_goes_away_stops_the_command_quietly(tmp_path: Path) -> None:
+    """`archiver status | head`: when stdout's reader has gone, the command stops with
+    128 + SIGPIPE and says nothing, as `yes | head` does, never 'internal error'."""
+    with Emulator(EmulatorConfig(rows_per_day={Kind.PSTN: 10, Kind.DIRECT_ROUTING: 10})) as emu:
+        env = {**os.environ, **archiver_env(emu, tmp_path)}
+        done = subprocess.run(
+            [sys.executable, "-m", "archiver", "backfill", "--start", "2024-03-01", "--end",
+             "2024-03-02"],
+            env=env, capture_output=True, text=True, check=False, timeout=120,
+        )  # fmt: skip
+        assert 0 == done.returncode, done.stderr
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the command writes a byte
+    try:
+        status = subprocess.run(
+            [sys.executable, "-m", "archiver", "status"],
+            env=env, stdout=write, stderr=subprocess.PIPE, text=True, check=False, timeout=120,
+        )  # fmt: skip
+    finally:
+        os.close(write)
+    assert (141, "") == (status.returncode, status.stderr)
