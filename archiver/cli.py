@@ -21,14 +21,7 @@ import anyio
 
 from archiver import __version__, log
 from archiver.config import Config, load
-from archiver.errors import (
-    ArchiverError,
-    NothingArchived,
-    StopRun,
-    UsageError,
-    internal_error,
-    leaves,
-)
+from archiver.errors import ArchiverError, NothingArchived, UsageError, describe, leaves
 from archiver.kinds import Kind
 from archiver.manifest import KindSummary, Record, utcnow
 from archiver.ops.coverage import Coverage, coverage, draw_calendars, lines
@@ -502,22 +495,15 @@ def _reader_gone() -> int:
 
 
 def fail(error: BaseException) -> int:
-    """Print the one line that says what stopped the command; its exit code.
-
-    Of several errors (an exception group), a usage error wins, then the archiver's
-    own errors, then anything else as an internal error.
-    """
+    """Print the one line that says what stopped the command (`errors.describe`); its
+    exit code. An interrupt with no error of the archiver's is exit 130, silently."""
     errors = leaves(error)
-    usage = [e for e in errors if isinstance(e, UsageError | StopRun)]
-    ours = [e for e in errors if isinstance(e, ArchiverError)]
-    if usage:
-        print(f"archiver: {usage[0]}", file=sys.stderr)
-        return EXIT_USAGE
-    if ours:
-        print(f"archiver: {ours[0]}", file=sys.stderr)
-        return EXIT_FAILED
-    if any(isinstance(e, KeyboardInterrupt) for e in errors):
+    if any(isinstance(e, KeyboardInterrupt) for e in errors) and not any(
+        isinstance(e, ArchiverError) for e in errors
+    ):
         return EXIT_INTERRUPTED
-    logging.getLogger(__name__).debug("internal error", exc_info=error)
-    print(f"archiver: {internal_error(errors[0])}", file=sys.stderr)
-    return EXIT_FAILED
+    message, refused = describe(error)
+    if not any(isinstance(e, ArchiverError) for e in errors):
+        logging.getLogger(__name__).debug("internal error", exc_info=error)
+    print(f"archiver: {message}", file=sys.stderr)
+    return EXIT_USAGE if refused else EXIT_FAILED

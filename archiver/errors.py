@@ -84,6 +84,22 @@ def leaves(error: BaseException) -> list[BaseException]:
     return [error]
 
 
+def describe(error: BaseException) -> tuple[str, bool]:
+    """The one line that says what stopped a command or a tenant's job, and whether it
+    was refused (usage, configuration, credentials, consent: exit 2) rather than failed.
+
+    Of several errors (an exception group), a refusal wins, then the archiver's own
+    errors, then anything else as an internal error."""
+    errors = leaves(error)
+    refused = [e for e in errors if isinstance(e, UsageError | StopRun)]
+    if refused:
+        return str(refused[0]), True
+    ours = [e for e in errors if isinstance(e, ArchiverError)]
+    if ours:
+        return str(ours[0]), False
+    return internal_error(errors[0]), False
+
+
 @contextmanager
 def unwrapped() -> Iterator[None]:
     """Let the single exception a task group collected through as itself, so callers

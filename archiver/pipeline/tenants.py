@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import anyio
 
 from archiver.config import Config, Tenant
-from archiver.errors import ArchiverError, StopRun, UsageError, internal_error, leaves
+from archiver.errors import describe
 from archiver.log import tenant_scope
 from archiver.metrics import Metrics
 from archiver.pipeline.run import RunResult, Shared, process_scope
@@ -67,26 +67,12 @@ async def for_each_tenant(
                     outcome.result = await job(
                         config.for_tenant(tenant), shared.for_tenant(tenant.tenant_id)
                     )
-                except Exception as exc:  # noqa: BLE001 - the tenant fails alone
+                except Exception as exc:
                     outcome.error, outcome.refused = describe(exc)
+                    log.debug("tenant %s stopped", tenant.tenant_id, exc_info=exc)
                     log.error("tenant %s stopped: %s", tenant.tenant_id, outcome.error)
 
         async with anyio.create_task_group() as group:
             for outcome in outcomes:
                 group.start_soon(one, outcome)
     return outcomes
-
-
-def describe(error: BaseException) -> tuple[str, bool]:
-    """The one line that says what stopped a tenant's job, and whether it was refused
-    (consent, credentials, an unusable destination: exit 2 when every tenant is) rather
-    than failed. Of several errors, as `cli.fail` picks."""
-    errors = leaves(error)
-    refused = [e for e in errors if isinstance(e, UsageError | StopRun)]
-    if refused:
-        return str(refused[0]), True
-    ours = [e for e in errors if isinstance(e, ArchiverError)]
-    if ours:
-        return str(ours[0]), False
-    log.debug("internal error", exc_info=error)
-    return internal_error(errors[0]), False
